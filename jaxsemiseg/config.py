@@ -1,0 +1,172 @@
+"""The configuration schema: every key a run understands, its default and its type.
+
+Configs in ``configs/`` start from :func:`base_config` and change what they need, so a
+typo or a value of the wrong type is caught by :func:`validate_config` on the host,
+before any data is read or anything is compiled, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+DATASET_NAMES = ("shapes", "folder", "voc", "oxford_iiit_pet", "cityscapes", "scene_parse150")
+MODEL_NAMES = ("unet", "deeplabv3plus")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All keys shared by every method, with defaults for the bundled dataset."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.method = "supervised"
+
+  config.dataset = ml_collections.ConfigDict(dict(
+      # One of DATASET_NAMES.
+      name="shapes",
+      # Where TFDS datasets live / are built ("" = the TFDS default, ~/tensorflow_datasets).
+      data_dir="",
+      # Root directory of a "folder" or "voc" dataset.
+      root="",
+      # TFDS manual-download directory (Cityscapes zips).
+      manual_dir="",
+      train_split="train",
+      val_split="validation",
+      # Class count; -1 takes it from the dataset (required for "folder").
+      num_classes=-1,
+      # Labeled subset: a split file of ids, else num_labeled (> 0), else labeled_fraction.
+      split_file="",
+      num_labeled=-1,
+      labeled_fraction=0.125,
+      split_seed=0,
+      crop_size=64,
+      scale_range=(0.5, 2.0),
+      flip=True,
+      # Scan every labeled training mask and every validation mask before training, so a bad
+      # label fails the run before compilation rather than hours into it.
+      check_labels=True,
+  ))
+
+  config.model = ml_collections.ConfigDict(dict(
+      name="unet",
+      width=16,
+      backbone="resnet50",
+      output_stride=16,
+      dropout_rate=0.0,
+      # A local .npz of backbone weights (see jaxsemiseg.models.weights); "" = random init.
+      pretrained_path="",
+  ))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      # "adamw" or "sgd" (SGD with momentum, the DeepLab/UniMatch choice).
+      name="adamw",
+      learning_rate=2e-3,
+      momentum=0.9,
+      weight_decay=1e-4,
+      # "poly" (lr0 * (1 - t/T)^power, UniMatch) or "cosine".
+      schedule="cosine",
+      poly_power=0.9,
+      warmup_steps=0,
+      # Learning-rate multiplier for everything outside the "backbone" subtree (UniMatch: 10).
+      head_lr_multiplier=1.0,
+      grad_clip_norm=0.0,
+  ))
+
+  config.loss = ml_collections.ConfigDict(dict(
+      dice_weight=0.0,
+      ohem=False,
+      ohem_threshold=0.7,
+      ohem_min_kept=100_000,
+  ))
+
+  # Global batch sizes (all processes and devices together).
+  config.batch_size = 8
+  config.unlabeled_batch_size = 8
+  config.num_steps = 1500
+  config.log_every = 50
+  config.eval_every = 500
+  config.eval_batch_size = 32
+  # "whole" image or "sliding" window (window = crop_size, stride 2/3 of it).
+  config.eval_mode = "whole"
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 2
+  config.progress_bar = True
+  # Devices in the ("data",) mesh; -1 = every device of every process.
+  config.num_devices = -1
+
+  config.distributed = ml_collections.ConfigDict(dict(
+      # Call jax.distributed.initialize (multi-host); the address/counts default to the cluster's.
+      enabled=False,
+      coordinator_address="",
+      num_processes=-1,
+      process_id=-1,
+  ))
+
+  config.predict = ml_collections.ConfigDict(dict(
+      input_dir="",
+      output_dir="",
+  ))
+  return config
+
+
+def full_schema() -> ml_collections.ConfigDict:
+  """The base schema plus each registered method's own sub-config under its name."""
+  from jaxsemiseg import methods  # pylint: disable=g-import-not-at-top
+  schema = base_config()
+  for name, defaults in methods.method_configs().items():
+    schema[name] = defaults
+  return schema
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first unknown key or mistyped value in ``config``.
+
+  Checks every key against :func:`full_schema`, then the values that have a fixed set of
+  choices or a range. Runs on the host before any data is read or anything is compiled.
+  """
+  from jaxsemiseg import methods  # pylint: disable=g-import-not-at-top
+  _check_tree(config, full_schema(), prefix="config")
+  methods.get_method(config.method)
+  if config.dataset.name not in DATASET_NAMES:
+    raise ValueError(f"config.dataset.name={config.dataset.name!r}; expected one of {DATASET_NAMES}.")
+  if config.model.name not in MODEL_NAMES:
+    raise ValueError(f"config.model.name={config.model.name!r}; expected one of {MODEL_NAMES}.")
+  for key in ("batch_size", "num_steps", "eval_batch_size", "log_every", "eval_every",
+              "checkpoint_every", "keep_checkpoints"):
+    if config[key] <= 0:
+      raise ValueError(f"config.{key}={config[key]}; expected a positive integer.")
+  if config.eval_mode not in ("whole", "sliding"):
+    raise ValueError(f"config.eval_mode={config.eval_mode!r}; expected 'whole' or 'sliding'.")
+  if not 0 < config.dataset.labeled_fraction <= 1:
+    raise ValueError(
+        f"config.dataset.labeled_fraction={config.dataset.labeled_fraction}; expected (0, 1].")
+
+
+def _check_tree(config: Any, schema: Any, *, prefix: str) -> None:
+  for key in config.keys():
+    name = f"{prefix}.{key}"
+    if key not in schema:
+      raise ValueError(
+          f"Unknown config key {name!r}. Known keys here: {sorted(schema.keys())}.")
+    value, default = config[key], schema[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, (ml_collections.ConfigDict, dict)):
+        raise ValueError(f"{name} must be a nested config, got {value!r}.")
+      _check_tree(value, default, prefix=name)
+    elif not _same_kind(value, default):
+      raise ValueError(
+          f"{name}={value!r} has type {type(value).__name__}; expected "
+          f"{type(default).__name__} (default {default!r}).")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+  if default is None or isinstance(default, config_dict.FieldReference):
+    return True
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(default))

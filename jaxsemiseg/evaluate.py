@@ -1,0 +1,83 @@
+"""Validation: predictions, a confusion matrix summed over the whole set, then mIoU.
+
+The confusion matrix is accumulated inside jit over global (sharded) batches, so the
+sum over devices and hosts is part of the computation and every process ends with the
+same numbers (UniMatch's all-reduced intersection/union, not a mean of per-image IoUs).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from jaxsemiseg import metrics, parallel
+from jaxsemiseg.methods import common
+
+
+def make_predict_fn(model) -> Callable:
+  """``predict(state, images) -> class probabilities [B, H, W, C]`` in eval mode."""
+
+  def predict(state, images):
+    outputs, _ = common.forward(model, state.params, state.batch_stats, images, train=False)
+    return jax.nn.softmax(outputs["logits"].astype(jnp.float32), axis=-1)
+
+  return predict
+
+
+def make_eval_step(predict_fn: Callable, *, num_classes: int, mode: str = "whole",
+                   window: int = 0) -> Callable:
+  """``eval_step(state, batch) -> int32 [C, C]`` confusion matrix of one batch.
+
+  Args:
+    predict_fn: ``predict(state, images) -> probabilities``.
+    num_classes: C.
+    mode: ``"whole"`` image, or ``"sliding"`` window (window ``window``, stride 2/3 of it,
+      averaged probabilities).
+    window: the sliding window size (the training crop).
+  """
+  if mode not in ("whole", "sliding"):
+    raise ValueError(f"eval mode {mode!r}; expected 'whole' or 'sliding'.")
+
+  def eval_step(state, batch):
+    if mode == "whole":
+      probs = predict_fn(state, batch["image"])
+    else:
+      probs = metrics.predict_sliding_window(
+          lambda x: predict_fn(state, x), batch["image"], window=window,
+          num_classes=num_classes)
+    return metrics.confusion_matrix(
+        jnp.argmax(probs, axis=-1), batch["label"], num_classes=num_classes)
+
+  return eval_step
+
+
+def evaluate(eval_step: Callable, state, batches: Iterable[dict], mesh: Mesh, *,
+             num_batches: int | None = None, progress: bool = False) -> dict:
+  """Runs a jitted ``eval_step`` over ``batches`` and returns the segmentation metrics.
+
+  Returns:
+    :func:`jaxsemiseg.metrics.segmentation_metrics` of the summed confusion matrix, plus
+    ``"confusion"`` (numpy int64 [C, C]).
+  """
+  total, pending = None, None
+  for batch in tqdm(batches, total=num_batches, desc="eval", leave=False, disable=not progress):
+    confusion = eval_step(state, parallel.to_global_batch(batch, mesh))
+    # Summed on the host in int64 (a large set overflows int32 pixel counts); fetching the
+    # previous batch's matrix keeps the device one batch ahead.
+    if pending is not None:
+      total = _add(total, pending)
+    pending = confusion
+  if pending is None:
+    raise ValueError("The validation set is empty; check config.dataset.val_split.")
+  total = _add(total, pending)
+  return {**metrics.segmentation_metrics(total), "confusion": total}
+
+
+def _add(total: np.ndarray | None, confusion: jax.Array) -> np.ndarray:
+  confusion = np.asarray(jax.device_get(confusion), dtype=np.int64)
+  return confusion if total is None else total + confusion

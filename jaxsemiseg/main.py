@@ -1,0 +1,54 @@
+r"""Command line: train, evaluate or predict with a config.
+
+This file is intentionally kept short: the logic lives in importable modules
+(``train``, ``inference``) so notebooks and custom loops use the same code.
+
+  python -m jaxsemiseg.main --config=configs/default.py --workdir=/tmp/run
+  python -m jaxsemiseg.main --config=configs/default.py --workdir=/tmp/run \
+      --config.num_steps=3000 --config.dataset.labeled_fraction=0.0625
+  python -m jaxsemiseg.main --config=configs/default.py --workdir=/tmp/run --mode=eval
+  python -m jaxsemiseg.main --config=configs/default.py --workdir=/tmp/run --mode=predict \
+      --config.predict.input_dir=my_images/
+"""
+
+import json
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxsemiseg import inference, train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py), optionally with ':arg'.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, splits.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                          "train (resumes if the workdir has checkpoints), eval a checkpoint, "
+                          "or predict masks for config.predict.input_dir.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default newest).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _report(results: dict) -> None:
+  scalars = {k: round(float(v), 4) for k, v in results.items()
+             if isinstance(v, (int, float)) or getattr(v, "ndim", 1) == 0}
+  print(json.dumps(scalars))
+  if "miou" in results:
+    print(f"mIoU: {100 * results['miou']:.2f}")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  if _MODE.value == "train":
+    _report(train.train_and_evaluate(config, workdir))
+  elif _MODE.value == "eval":
+    _report(inference.evaluate_checkpoint(config, workdir, step=_STEP.value))
+  else:
+    paths = inference.predict_folder(config, workdir)
+    print(f"Wrote {len(paths)} masks to {paths[0].rsplit('/', 1)[0]}")
+
+
+if __name__ == "__main__":
+  app.run(main)

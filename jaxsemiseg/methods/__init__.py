@@ -1,0 +1,29 @@
+"""Training methods, looked up by ``config.method``.
+
+Each method module exposes ``default_config()``, ``init_state(rng, model, tx, sample_batch,
+config)`` and ``make_train_step(model, tx, config)`` returning a pure, un-jitted
+``step(state, batch, rng) -> (state, metrics)``; optionally ``make_predict_fn(model, config)``
+when evaluation differs from a single forward pass.
+"""
+
+from __future__ import annotations
+
+import types
+
+from jaxsemiseg.methods import supervised
+
+METHODS: dict[str, types.ModuleType] = {
+    "supervised": supervised,
+}
+
+
+def get_method(name: str) -> types.ModuleType:
+  """The method module registered as ``name``; ValueError listing the known names."""
+  if name not in METHODS:
+    raise ValueError(f"config.method={name!r}; expected one of {sorted(METHODS)}.")
+  return METHODS[name]
+
+
+def method_configs() -> dict:
+  """Each method's default sub-config, keyed by method name (for config validation)."""
+  return {name: module.default_config() for name, module in METHODS.items()}

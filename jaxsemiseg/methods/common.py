@@ -1,0 +1,50 @@
+"""Pieces every method's step shares: the forward pass and the labeled loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxsemiseg import losses
+
+
+def forward(model, params: Any, batch_stats: Any, images: jax.Array, *, train: bool,
+            rng: jax.Array | None = None, **kwargs) -> tuple[dict, Any]:
+  """Runs ``model`` and returns ``(outputs, new_batch_stats)``.
+
+  BatchNorm statistics are updated only when ``train`` is set and the model has them;
+  otherwise ``batch_stats`` comes back unchanged, so callers need no special case for
+  GroupNorm models such as the UNet.
+  """
+  variables = {"params": params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  rngs = {"dropout": rng} if rng is not None else None
+  if train and batch_stats:
+    outputs, updated = model.apply(variables, images, train=True, rngs=rngs,
+                                   mutable=["batch_stats"], **kwargs)
+    return outputs, updated["batch_stats"]
+  return model.apply(variables, images, train=train, rngs=rngs, **kwargs), batch_stats
+
+
+def supervised_loss(logits: jax.Array, labels: jax.Array,
+                    config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  """The labeled loss of ``config.loss``: CE (or OHEM CE) with ignore, plus optional Dice.
+
+  Returns:
+    ``(loss, metrics)`` where metrics holds the individual terms.
+  """
+  if config.ohem:
+    ce, _ = losses.ohem_cross_entropy(
+        logits, labels, threshold=config.ohem_threshold, min_kept=config.ohem_min_kept)
+  else:
+    ce, _ = losses.cross_entropy(logits, labels)
+  metrics = {"loss_ce": ce}
+  loss = ce
+  if config.dice_weight > 0:
+    dice = losses.dice_loss(logits, labels, num_classes=logits.shape[-1])
+    metrics["loss_dice"] = dice
+    loss = loss + config.dice_weight * dice
+  return loss, metrics

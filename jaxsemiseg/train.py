@@ -1,0 +1,268 @@
+"""The method-agnostic training loop: data -> step -> eval -> checkpoint -> logs.
+
+``train_and_evaluate(config, workdir)`` is the whole run; ``main.py`` and the notebooks
+call it. Every method plugs in through its ``init_state`` / ``make_train_step``; the loop
+does the rest the same way for 1 device, N devices or N hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from jaxsemiseg import checkpoint as checkpoint_lib
+from jaxsemiseg import config as config_lib
+from jaxsemiseg import data as data_lib
+from jaxsemiseg import evaluate as evaluate_lib
+from jaxsemiseg import methods, models, optim, parallel
+from jaxsemiseg.data import pipeline
+from jaxsemiseg.metric_writer import MetricWriter
+from jaxsemiseg.models import weights as weights_lib
+
+RUN_INFO_FILE = "run_info.json"
+
+
+@dataclasses.dataclass
+class Run:
+  """What evaluation and prediction need from a configured run."""
+
+  config: ml_collections.ConfigDict
+  mesh: Any
+  model: Any
+  method: Any
+  tx: Any
+  schedule: Any
+  state: Any
+  num_classes: int
+
+
+def build_run(config: ml_collections.ConfigDict, *, num_classes: int, mesh) -> Run:
+  """Creates the model, optimizer and an initial replicated train state.
+
+  The state is initialised inside jit with replicated output shardings, so it is born on
+  the mesh (no host copy of the parameters). Backbone weights from
+  ``config.model.pretrained_path`` are loaded here, before any checkpoint is restored.
+  """
+  model = models.create_model(_model_config(config, num_classes))
+  method = methods.get_method(config.method)
+  tx, schedule = optim.make_optimizer(config.optimizer, num_steps=config.num_steps)
+  size = config.dataset.crop_size
+  sample_batch = {
+      "image": jnp.zeros((1, size, size, 3), jnp.float32),
+      "label": jnp.zeros((1, size, size), jnp.int32),
+      "image_u": jnp.zeros((1, size, size, 3), jnp.float32),
+  }
+  init = functools.partial(method.init_state, model=model, tx=tx, config=config)
+  state = jax.jit(
+      lambda rng: init(rng, sample_batch=sample_batch),
+      out_shardings=parallel.replicated_sharding(mesh))(jax.random.key(config.seed))
+  if config.model.pretrained_path:
+    variables = weights_lib.load_pretrained_backbone(
+        jax.device_get(state.variables), config.model.pretrained_path)
+    state = parallel.replicate(
+        state.replace(params=variables["params"],
+                      batch_stats=variables.get("batch_stats", state.batch_stats),
+                      opt_state=tx.init(variables["params"])), mesh)
+  return Run(config=config, mesh=mesh, model=model, method=method, tx=tx,
+             schedule=schedule, state=state, num_classes=num_classes)
+
+
+def _model_config(config: ml_collections.ConfigDict,
+                  num_classes: int) -> ml_collections.ConfigDict:
+  model_config = ml_collections.ConfigDict(config.model.to_dict())
+  del model_config["pretrained_path"]
+  model_config.num_classes = num_classes
+  return model_config
+
+
+def make_eval_step(run: Run) -> Any:
+  """The jitted confusion-matrix step for ``run`` (a method may supply its own predictor)."""
+  make_predict_fn = getattr(run.method, "make_predict_fn", None)
+  predict_fn = (make_predict_fn(run.model, run.config) if make_predict_fn
+                else evaluate_lib.make_predict_fn(run.model))
+  step = evaluate_lib.make_eval_step(
+      predict_fn, num_classes=run.num_classes, mode=run.config.eval_mode,
+      window=run.config.dataset.crop_size)
+  replicated = parallel.replicated_sharding(run.mesh)
+  return jax.jit(step, in_shardings=(replicated, parallel.batch_sharding(run.mesh)),
+                 out_shardings=replicated)
+
+
+def run_evaluation(run: Run, eval_step, val_source, *, state=None, progress: bool = False) -> dict:
+  """Evaluates ``state`` (default ``run.state``) on the whole validation source."""
+  local_batch = parallel.local_batch_size(run.config.eval_batch_size, run.mesh,
+                                          name="eval_batch_size")
+  batches = pipeline.eval_batches(
+      val_source, batch_size=local_batch, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  num_batches = -(-len(val_source) // run.config.eval_batch_size)
+  return evaluate_lib.evaluate(eval_step, run.state if state is None else state, batches,
+                               run.mesh, num_batches=num_batches, progress=progress)
+
+
+class _StopOnSignal:
+  """Turns SIGTERM (preemption) into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _summarise(window: list[dict]) -> dict[str, float]:
+  fetched = jax.device_get(window)
+  return {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
+
+
+def _eval_scalars(results: dict, class_names) -> dict[str, float]:
+  scalars = {f"val/{k}": v for k, v in results.items() if np.ndim(v) == 0}
+  scalars.update({f"val/iou/{name}": iou for name, iou in zip(class_names, results["iou"])})
+  return scalars
+
+
+def _write_run_info(workdir: str, datasets: data_lib.Datasets) -> None:
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, RUN_INFO_FILE), "w", encoding="utf-8") as f:
+    json.dump({"num_classes": datasets.num_classes,
+               "class_names": list(datasets.class_names)}, f, indent=2)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config.method`` for ``config.num_steps`` steps, evaluating and checkpointing.
+
+  Resumes from the newest readable checkpoint in ``workdir`` if there is one. A SIGTERM
+  saves a checkpoint at the current step and returns; a non-finite loss raises
+  FloatingPointError and leaves the last good checkpoint in place.
+
+  Returns:
+    The final validation metrics (``miou``, per-class ``iou``, ...) plus ``step``.
+  """
+  config_lib.validate_config(config)
+  parallel.maybe_initialize_distributed(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh(config.num_devices)
+  local_batch = parallel.local_batch_size(config.batch_size, mesh)
+  local_unlabeled_batch = parallel.local_batch_size(
+      config.unlabeled_batch_size, mesh, name="unlabeled_batch_size")
+
+  datasets = data_lib.load_datasets(config, workdir=workdir)
+  _write_run_info(workdir, datasets)
+  run = build_run(config, num_classes=datasets.num_classes, mesh=mesh)
+  state = run.state
+  uses_unlabeled = getattr(run.method, "USES_UNLABELED", False)
+
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+  start_step = 0
+  if checkpointer.latest_step() is not None:
+    state, start_step = checkpointer.restore(state)
+    logging.info("Resumed from checkpoint %d in %s.", start_step, workdir)
+
+  train_step = parallel.compile_step(
+      run.method.make_train_step(run.model, run.tx, config), mesh)
+  eval_step = make_eval_step(run)
+  writer = MetricWriter(workdir)
+  batches = pipeline.train_batches(
+      datasets.labeled, datasets.unlabeled if uses_unlabeled else None,
+      batch_size=local_batch, unlabeled_batch_size=local_unlabeled_batch,
+      crop_size=config.dataset.crop_size, scale_range=tuple(config.dataset.scale_range),
+      flip=config.dataset.flip, seed=config.seed, start_step=start_step,
+      num_unlabeled_views=getattr(run.method, "NUM_UNLABELED_VIEWS", 1),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  base_rng = jax.random.key(config.seed + 1)
+  progress = config.progress_bar and jax.process_index() == 0
+  results: dict = {}
+  window: list[dict] = []
+  last_saved = start_step
+  with _StopOnSignal() as stop, tqdm(total=config.num_steps, initial=start_step, desc="train",
+                                     disable=not progress, dynamic_ncols=True) as bar:
+    window_start = time.perf_counter()
+    for step in range(start_step + 1, config.num_steps + 1):
+      batch = parallel.to_global_batch(next(batches), mesh)
+      state, step_metrics = train_step(state, batch, jax.random.fold_in(base_rng, step))
+      window.append(step_metrics)
+      bar.update(1)
+
+      if step % config.log_every == 0 or step == config.num_steps:
+        scalars = _summarise(window)
+        if not np.isfinite(scalars["loss"]):
+          checkpointer.wait()
+          raise FloatingPointError(
+              f"The training loss became {scalars['loss']} between steps {step - len(window)} "
+              f"and {step}. The last good checkpoint (step {last_saved}) is kept in "
+              f"{checkpointer.directory}; lower config.optimizer.learning_rate or enable "
+              "config.optimizer.grad_clip_norm and rerun to resume from it.")
+        elapsed = time.perf_counter() - window_start
+        scalars["images_per_sec"] = len(window) * config.batch_size / elapsed
+        scalars["learning_rate"] = float(run.schedule(step))
+        writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
+        window, window_start = [], time.perf_counter()
+
+      if step % config.eval_every == 0 or step == config.num_steps:
+        results = run_evaluation(run, eval_step, datasets.val, state=state)
+        writer.write_scalars(step, _eval_scalars(results, datasets.class_names))
+        bar.write(f"step {step}: val mIoU {100 * results['miou']:.2f}")
+
+      should_save = step % config.checkpoint_every == 0 or step == config.num_steps
+      if should_save or stop.requested:
+        if not bool(_all_finite(state.params)):
+          raise FloatingPointError(
+              f"Parameters are not finite at step {step}; not saving. The last good "
+              f"checkpoint (step {last_saved}) is kept in {checkpointer.directory}.")
+        checkpointer.save(step, state)
+        last_saved = step
+      if stop.requested:
+        logging.warning("SIGTERM: saved checkpoint %d; rerun with the same --workdir to resume.",
+                        step)
+        checkpointer.close()
+        writer.close()
+        return {"step": step, "preempted": True}
+
+  if not results:
+    results = run_evaluation(run, eval_step, datasets.val, state=state)
+  checkpointer.close()
+  writer.close()
+  final = {"step": config.num_steps, **results}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
+      json.dump(_jsonable(final), f, indent=2)
+  return final
+
+
+def _jsonable(tree: dict) -> dict:
+  return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v)
+          for k, v in tree.items()}

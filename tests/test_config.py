@@ -1,0 +1,65 @@
+import ml_collections
+import pytest
+
+from jaxsemiseg import config as config_lib
+
+
+def _config(**overrides):
+  config = config_lib.base_config()
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def test_base_config_is_valid():
+  config_lib.validate_config(config_lib.base_config())
+
+
+def test_unknown_key_names_the_key():
+  config = config_lib.base_config()
+  config.dataset.unlabelled_fraction = 0.5
+  with pytest.raises(ValueError, match=r"config\.dataset\.unlabelled_fraction"):
+    config_lib.validate_config(config)
+
+
+def test_unknown_top_level_key():
+  config = config_lib.base_config()
+  config.num_step = 10
+  with pytest.raises(ValueError, match=r"Unknown config key 'config\.num_step'"):
+    config_lib.validate_config(config)
+
+
+def test_wrong_type_names_field_and_value():
+  config = config_lib.base_config()
+  config.unlock()
+  config.dataset = ml_collections.ConfigDict({**config.dataset.to_dict(), "crop_size": "64"})
+  with pytest.raises(ValueError, match=r"config\.dataset\.crop_size='64' has type str"):
+    config_lib.validate_config(config)
+
+
+def test_int_is_accepted_for_float_but_not_bool_for_int():
+  config_lib.validate_config(_config(**{"optimizer.learning_rate": 1}))
+  config = config_lib.base_config()
+  config.unlock()
+  config.num_steps = True
+  with pytest.raises(ValueError, match="num_steps"):
+    config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("method", "fixmatchh", "config.method='fixmatchh'"),
+    ("dataset.name", "pascal", "config.dataset.name='pascal'"),
+    ("model.name", "segformer", "config.model.name='segformer'"),
+    ("num_steps", 0, "config.num_steps=0"),
+    ("dataset.labeled_fraction", 1.5, "labeled_fraction=1.5"),
+    ("eval_mode", "tiles", "config.eval_mode='tiles'"),
+])
+def test_bad_values(key, value, match):
+  with pytest.raises(ValueError, match=match.replace(".", r"\.").replace("(", r"\(")):
+    config_lib.validate_config(_config(**{key: value}))
+
+
+def test_method_sub_config_is_checked():
+  config = config_lib.base_config()
+  config.supervised = ml_collections.ConfigDict({"threshold": 0.9})
+  with pytest.raises(ValueError, match=r"config\.supervised\.threshold"):
+    config_lib.validate_config(config)
