@@ -44,8 +44,8 @@ def load_source(config: ml_collections.ConfigDict, split: str) -> SegmentationSo
   """The source for ``split`` of the dataset described by ``config.dataset``."""
   name = config.name
   if name == "shapes":
-    from jaxsemiseg.data import bundled  # pylint: disable=g-import-not-at-top
-    return bundled.load_shapes(split, data_dir=config.data_dir or None)
+    from jaxsemiseg.data import shapes_builder  # pylint: disable=g-import-not-at-top
+    return shapes_builder.load_shapes(split, data_dir=config.data_dir or None)
   if name in TFDS_NAMES:
     from jaxsemiseg.data import tfds_sources  # pylint: disable=g-import-not-at-top
     return tfds_sources.load_tfds(name, split, data_dir=config.data_dir or None,
