@@ -43,19 +43,26 @@ def base_config() -> ml_collections.ConfigDict:
       crop_size=64,
       scale_range=(0.5, 2.0),
       flip=True,
+      # Evaluation batches are padded (image 0, label 255) to this square size; 0 = to the
+      # largest image of each batch. Several processes need a fixed size (VOC: 512).
+      eval_pad_to=0,
       # Scan every labeled training mask and every validation mask before training, so a bad
       # label fails the run before compilation rather than hours into it.
       check_labels=True,
   ))
 
   config.model = ml_collections.ConfigDict(dict(
+      # One of MODEL_NAMES; the sub-config of that name holds its arguments.
       name="unet",
-      width=16,
-      backbone="resnet50",
-      output_stride=16,
-      dropout_rate=0.0,
+      # Compute dtype ("float32" or "bfloat16"); parameters stay float32.
+      dtype="float32",
       # A local .npz of backbone weights (see jaxsemiseg.models.weights); "" = random init.
       pretrained_path="",
+      # "UNet-S", the twin of shared/bench/torch_unet_step.py.
+      unet=dict(width=16, depth=3, groups=4, dropout_rate=0.0),
+      # DeepLabV3+ as in UniMatch (dropout 0.1 before the classifier).
+      deeplabv3plus=dict(backbone="resnet50", output_stride=16, aspp_channels=256,
+                         low_level_channels=48, decoder_channels=256, dropout_rate=0.1),
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(

@@ -55,14 +55,13 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def local_batch_size(global_batch_size: int, mesh: Mesh, *, name: str = "batch_size") -> int:
-  """This process's share of a global batch; raises if it does not divide evenly."""
+def check_batch_size(global_batch_size: int, mesh: Mesh, *, name: str = "batch_size") -> None:
+  """Raises unless a global batch splits evenly over the mesh's devices."""
   num_devices = mesh.devices.size
   if global_batch_size % num_devices:
     raise ValueError(
         f"config.{name}={global_batch_size} is not divisible by the {num_devices} devices of "
         "the mesh; use a multiple of the device count.")
-  return global_batch_size // jax.process_count()
 
 
 def to_global_batch(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:

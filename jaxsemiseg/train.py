@@ -7,6 +7,7 @@ does the rest the same way for 1 device, N devices or N hosts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -82,10 +83,10 @@ def build_run(config: ml_collections.ConfigDict, *, num_classes: int, mesh) -> R
 
 def _model_config(config: ml_collections.ConfigDict,
                   num_classes: int) -> ml_collections.ConfigDict:
-  model_config = ml_collections.ConfigDict(config.model.to_dict())
-  del model_config["pretrained_path"]
-  model_config.num_classes = num_classes
-  return model_config
+  name = config.model.name
+  return ml_collections.ConfigDict({
+      "name": name, "dtype": config.model.dtype, "num_classes": num_classes,
+      **config.model[name].to_dict()})
 
 
 def make_eval_step(run: Run) -> Any:
@@ -103,14 +104,14 @@ def make_eval_step(run: Run) -> Any:
 
 def run_evaluation(run: Run, eval_step, val_source, *, state=None, progress: bool = False) -> dict:
   """Evaluates ``state`` (default ``run.state``) on the whole validation source."""
-  local_batch = parallel.local_batch_size(run.config.eval_batch_size, run.mesh,
-                                          name="eval_batch_size")
-  batches = pipeline.eval_batches(
-      val_source, batch_size=local_batch, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  parallel.check_batch_size(run.config.eval_batch_size, run.mesh, name="eval_batch_size")
   num_batches = -(-len(val_source) // run.config.eval_batch_size)
-  return evaluate_lib.evaluate(eval_step, run.state if state is None else state, batches,
-                               run.mesh, num_batches=num_batches, progress=progress)
+  with pipeline.eval_batches(
+      val_source, batch_size=run.config.eval_batch_size,
+      pad_to=run.config.dataset.eval_pad_to or None, process_index=jax.process_index(),
+      process_count=jax.process_count()) as batches:
+    return evaluate_lib.evaluate(eval_step, run.state if state is None else state, batches,
+                                 run.mesh, num_batches=num_batches, progress=progress)
 
 
 class _StopOnSignal:
@@ -174,9 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   parallel.maybe_initialize_distributed(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.num_devices)
-  local_batch = parallel.local_batch_size(config.batch_size, mesh)
-  local_unlabeled_batch = parallel.local_batch_size(
-      config.unlabeled_batch_size, mesh, name="unlabeled_batch_size")
+  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(config.unlabeled_batch_size, mesh, name="unlabeled_batch_size")
 
   datasets = data_lib.load_datasets(config, workdir=workdir)
   _write_run_info(workdir, datasets)
@@ -184,32 +184,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = run.state
   uses_unlabeled = getattr(run.method, "USES_UNLABELED", False)
 
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-  start_step = 0
-  if checkpointer.latest_step() is not None:
-    state, start_step = checkpointer.restore(state)
-    logging.info("Resumed from checkpoint %d in %s.", start_step, workdir)
-
-  train_step = parallel.compile_step(
-      run.method.make_train_step(run.model, run.tx, config), mesh)
-  eval_step = make_eval_step(run)
-  writer = MetricWriter(workdir)
-  batches = pipeline.train_batches(
-      datasets.labeled, datasets.unlabeled if uses_unlabeled else None,
-      batch_size=local_batch, unlabeled_batch_size=local_unlabeled_batch,
-      crop_size=config.dataset.crop_size, scale_range=tuple(config.dataset.scale_range),
-      flip=config.dataset.flip, seed=config.seed, start_step=start_step,
-      num_unlabeled_views=getattr(run.method, "NUM_UNLABELED_VIEWS", 1),
-      process_index=jax.process_index(), process_count=jax.process_count())
-  base_rng = jax.random.key(config.seed + 1)
-  progress = config.progress_bar and jax.process_index() == 0
-  results: dict = {}
-  window: list[dict] = []
-  last_saved = start_step
-  with _StopOnSignal() as stop, tqdm(total=config.num_steps, initial=start_step, desc="train",
-                                     disable=not progress, dynamic_ncols=True) as bar:
+  with contextlib.ExitStack() as stack:
+    checkpointer = stack.enter_context(checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints))
+    start_step = 0
+    if checkpointer.latest_step() is not None:
+      state, start_step = checkpointer.restore(state)
+      logging.info("Resumed from checkpoint %d in %s.", start_step, workdir)
+    writer = MetricWriter(workdir)
+    stack.callback(writer.close)
+    batches = stack.enter_context(pipeline.train_batches(
+        datasets.labeled, datasets.unlabeled if uses_unlabeled else None,
+        batch_size=config.batch_size, unlabeled_batch_size=config.unlabeled_batch_size,
+        crop_size=config.dataset.crop_size, scale_range=tuple(config.dataset.scale_range),
+        flip=config.dataset.flip, seed=config.seed, start_step=start_step,
+        num_unlabeled_views=getattr(run.method, "NUM_UNLABELED_VIEWS", 1),
+        process_index=jax.process_index(), process_count=jax.process_count()))
+    stop = stack.enter_context(_StopOnSignal())
+    bar = stack.enter_context(tqdm(
+        total=config.num_steps, initial=start_step, desc="train", dynamic_ncols=True,
+        disable=not (config.progress_bar and jax.process_index() == 0)))
+    train_step = parallel.compile_step(
+        run.method.make_train_step(run.model, run.tx, config), mesh)
+    eval_step = make_eval_step(run)
+    base_rng = jax.random.key(config.seed + 1)
+    results: dict = {}
+    window: list[dict] = []
     window_start = time.perf_counter()
+    last_saved = start_step
     for step in range(start_step + 1, config.num_steps + 1):
       batch = parallel.to_global_batch(next(batches), mesh)
       state, step_metrics = train_step(state, batch, jax.random.fold_in(base_rng, step))
@@ -219,14 +221,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.log_every == 0 or step == config.num_steps:
         scalars = _summarise(window)
         if not np.isfinite(scalars["loss"]):
-          checkpointer.wait()
           raise FloatingPointError(
               f"The training loss became {scalars['loss']} between steps {step - len(window)} "
               f"and {step}. The last good checkpoint (step {last_saved}) is kept in "
               f"{checkpointer.directory}; lower config.optimizer.learning_rate or enable "
               "config.optimizer.grad_clip_norm and rerun to resume from it.")
-        elapsed = time.perf_counter() - window_start
-        scalars["images_per_sec"] = len(window) * config.batch_size / elapsed
+        scalars["images_per_sec"] = (
+            len(window) * config.batch_size / (time.perf_counter() - window_start))
         scalars["learning_rate"] = float(run.schedule(step))
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
@@ -237,8 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_scalars(step, _eval_scalars(results, datasets.class_names))
         bar.write(f"step {step}: val mIoU {100 * results['miou']:.2f}")
 
-      should_save = step % config.checkpoint_every == 0 or step == config.num_steps
-      if should_save or stop.requested:
+      if step % config.checkpoint_every == 0 or step == config.num_steps or stop.requested:
         if not bool(_all_finite(state.params)):
           raise FloatingPointError(
               f"Parameters are not finite at step {step}; not saving. The last good "
@@ -248,14 +248,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if stop.requested:
         logging.warning("SIGTERM: saved checkpoint %d; rerun with the same --workdir to resume.",
                         step)
-        checkpointer.close()
-        writer.close()
         return {"step": step, "preempted": True}
 
-  if not results:
-    results = run_evaluation(run, eval_step, datasets.val, state=state)
-  checkpointer.close()
-  writer.close()
+    if not results:
+      results = run_evaluation(run, eval_step, datasets.val, state=state)
   final = {"step": config.num_steps, **results}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:

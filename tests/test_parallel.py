@@ -21,10 +21,10 @@ def test_mesh_and_batch_sharding():
   np.testing.assert_array_equal(batch["image"], np.arange(16).reshape(8, 2))
 
 
-def test_local_batch_size_checks_divisibility():
-  assert parallel.local_batch_size(8, parallel.make_mesh(4)) == 8
+def test_batch_size_must_divide_over_devices():
+  parallel.check_batch_size(8, parallel.make_mesh(4))
   with pytest.raises(ValueError, match=r"config\.batch_size=6 is not divisible by the 4"):
-    parallel.local_batch_size(6, parallel.make_mesh(4))
+    parallel.check_batch_size(6, parallel.make_mesh(4))
   with pytest.raises(ValueError, match="num_devices=8"):
     parallel.make_mesh(8)
 

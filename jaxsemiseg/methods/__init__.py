@@ -2,8 +2,11 @@
 
 Each method module exposes ``default_config()``, ``init_state(rng, model, tx, sample_batch,
 config)`` and ``make_train_step(model, tx, config)`` returning a pure, un-jitted
-``step(state, batch, rng) -> (state, metrics)``; optionally ``make_predict_fn(model, config)``
-when evaluation differs from a single forward pass.
+``step(state, batch, rng) -> (state, metrics)``. Optional module attributes:
+``USES_UNLABELED`` (default False: the loop then feeds labeled batches only),
+``NUM_UNLABELED_VIEWS`` (1, or 2 for methods that mix two unlabeled batches, giving
+``image_u2``) and ``make_predict_fn(model, config)`` when evaluation differs from a single
+forward pass (ensembles, co-training).
 """
 
 from __future__ import annotations

@@ -1,0 +1,237 @@
+import json
+import os
+import signal
+import threading
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxsemiseg import checkpoint as checkpoint_lib
+from jaxsemiseg import data as data_lib
+from jaxsemiseg import inference, parallel, train
+from jaxsemiseg.data import splits
+
+import tiny_data
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+  return tiny_data.write_dataset(str(tmp_path_factory.mktemp("tiny")))
+
+
+def _train_losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
+
+
+def _params(config, workdir):
+  run, _ = inference.restore_run(config, workdir)
+  return jax.device_get(run.state.params)
+
+
+def _wrap_step(monkeypatch, on_call):
+  """Makes the compiled train step call ``on_call(step_number, state, metrics)``."""
+  real_compile = parallel.compile_step
+
+  def compile_step(step, mesh, **kwargs):
+    compiled = real_compile(step, mesh, **kwargs)
+    calls = {"n": 0}
+
+    def wrapped(state, batch, rng):
+      calls["n"] += 1
+      new_state, metrics = compiled(state, batch, rng)
+      return new_state, on_call(calls["n"], new_state, metrics)
+
+    return wrapped
+
+  monkeypatch.setattr(parallel, "compile_step", compile_step)
+
+
+def test_end_to_end_writes_everything(dataset_root, tmp_path):
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(tiny_data.tiny_config(dataset_root), workdir)
+  assert results["step"] == 3
+  assert 0.0 <= results["miou"] <= 1.0
+  assert results["confusion"].sum() == 6 * tiny_data.SIZE ** 2
+  for name in ("metrics.jsonl", "labeled_ids.txt", "final_metrics.json", "run_info.json",
+               "tensorboard"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert len(splits.read_split_file(os.path.join(workdir, "labeled_ids.txt"))) == 8
+  assert set(_train_losses(workdir)) == {1, 2, 3}
+
+
+def test_loss_goes_down_on_a_fixed_batch(dataset_root):
+  config = tiny_data.tiny_config(dataset_root, num_steps=1000)
+  mesh = parallel.make_mesh(1)
+  run = train.build_run(config, num_classes=tiny_data.NUM_CLASSES, mesh=mesh)
+  step = jax.jit(run.method.make_train_step(run.model, run.tx, config))
+  datasets = data_lib.load_datasets(config)
+  examples = [datasets.labeled[i] for i in range(4)]
+  batch = {"image": np.stack([e["image"] for e in examples]).astype(np.float32) / 255,
+           "label": np.stack([e["label"] for e in examples]).astype(np.int32)}
+  state, losses = run.state, []
+  for i in range(25):
+    state, metrics = step(state, batch, jax.random.key(i))
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.5 * losses[0]
+
+
+def test_one_and_four_devices_agree(dataset_root, tmp_path):
+  results = {}
+  for devices in (1, 4):
+    workdir = str(tmp_path / f"dev{devices}")
+    # SGD, not Adam: Adam turns float32 reduction-order noise in near-zero gradients into
+    # full-size steps of either sign, so its parameters are not comparable across layouts.
+    config = tiny_data.tiny_config(dataset_root, num_devices=devices,
+                                   **{"optimizer.name": "sgd", "optimizer.learning_rate": 0.1})
+    final = train.train_and_evaluate(config, workdir)
+    results[devices] = (_train_losses(workdir), final, _params(config, workdir))
+  (losses1, final1, params1), (losses4, final4, params4) = results[1], results[4]
+  for step in losses1:
+    np.testing.assert_allclose(losses4[step], losses1[step], rtol=1e-4)
+  np.testing.assert_allclose(final4["miou"], final1["miou"], rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               params1, params4)
+
+
+def test_resume_continues_like_an_uninterrupted_run(dataset_root, tmp_path, monkeypatch):
+  config = tiny_data.tiny_config(dataset_root, num_steps=6, checkpoint_every=3)
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(config, straight)
+
+  resumed = str(tmp_path / "resumed")
+
+  def crash_after_step_4(n, state, metrics):
+    if n == 5:
+      raise KeyboardInterrupt("simulated crash")
+    return metrics
+
+  with monkeypatch.context() as patch:
+    _wrap_step(patch, crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, resumed)
+  with checkpoint_lib.Checkpointer(os.path.join(resumed, "checkpoints")) as checkpointer:
+    assert checkpointer.all_steps() == [3]
+  train.train_and_evaluate(config, resumed)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               _params(config, straight), _params(config, resumed))
+  np.testing.assert_allclose(_train_losses(resumed)[6], _train_losses(straight)[6], rtol=1e-5)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
+def test_sigterm_saves_a_checkpoint_and_stops(dataset_root, tmp_path, monkeypatch):
+  def preempt_at_step_2(n, state, metrics):
+    if n == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return metrics
+
+  _wrap_step(monkeypatch, preempt_at_step_2)
+  workdir = str(tmp_path / "run")
+  config = tiny_data.tiny_config(dataset_root, num_steps=6, checkpoint_every=5)
+  assert train.train_and_evaluate(config, workdir) == {"step": 2, "preempted": True}
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
+    assert checkpointer.all_steps() == [2]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(dataset_root, tmp_path,
+                                                              monkeypatch):
+  def nan_at_step_3(n, state, metrics):
+    return {**metrics, "loss": metrics["loss"] * np.nan} if n == 3 else metrics
+
+  _wrap_step(monkeypatch, nan_at_step_3)
+  workdir = str(tmp_path / "run")
+  config = tiny_data.tiny_config(dataset_root, num_steps=5, checkpoint_every=1)
+  with pytest.raises(FloatingPointError, match=r"between steps 2 and 3.*step 2"):
+    train.train_and_evaluate(config, workdir)
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
+    assert checkpointer.all_steps() == [1, 2]
+
+
+def test_checkpoint_of_another_model_is_rejected(dataset_root, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_data.tiny_config(dataset_root), workdir)
+  wider = tiny_data.tiny_config(dataset_root, **{"model.unet.width": 8})
+  with pytest.raises(checkpoint_lib.CheckpointShapeError, match="another model"):
+    train.train_and_evaluate(wider, workdir)
+
+
+def test_eval_and_predict_modes(dataset_root, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_data.tiny_config(dataset_root)
+  final = train.train_and_evaluate(config, workdir)
+  evaluated = inference.evaluate_checkpoint(config, workdir)
+  assert evaluated["step"] == 3
+  np.testing.assert_allclose(evaluated["miou"], final["miou"], rtol=1e-6)
+
+  config.predict.input_dir = os.path.join(dataset_root, "val", "images")
+  config.predict.output_dir = str(tmp_path / "masks")
+  paths = inference.predict_folder(config, workdir)
+  assert len(paths) == 6
+  mask = Image.open(paths[0])
+  assert mask.mode == "P" and mask.size == (tiny_data.SIZE, tiny_data.SIZE)
+  assert set(np.unique(np.asarray(mask))) <= {0, 1, 2}
+
+
+def _broken_dataset(root, *, mask_value=None, mask_size=None):
+  tiny_data.write_dataset(root)
+  path = os.path.join(root, "val", "masks", "val002.png")
+  mask = np.asarray(Image.open(path)).copy()
+  if mask_value is not None:
+    mask[0, 0] = mask_value
+  if mask_size is not None:
+    mask = np.zeros(mask_size, np.uint8)
+  Image.fromarray(mask).save(path)
+  return root
+
+
+def _fail_before_compiling(monkeypatch):
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compiled despite bad input")
+  monkeypatch.setattr(parallel, "compile_step", no_compile)
+
+
+def test_label_outside_classes_fails_before_compile(tmp_path, monkeypatch):
+  _fail_before_compiling(monkeypatch)
+  root = _broken_dataset(str(tmp_path / "data"), mask_value=7)
+  with pytest.raises(ValueError, match=r"val002.*\[7\] outside \[0, 3\)"):
+    train.train_and_evaluate(tiny_data.tiny_config(root), str(tmp_path / "run"))
+
+
+def test_image_mask_size_mismatch_fails_before_compile(tmp_path, monkeypatch):
+  _fail_before_compiling(monkeypatch)
+  root = _broken_dataset(str(tmp_path / "data"), mask_size=(8, 16))
+  with pytest.raises(ValueError, match=r"val002.*16x16 but its mask is 8x16"):
+    train.train_and_evaluate(tiny_data.tiny_config(root), str(tmp_path / "run"))
+
+
+def test_missing_dataset_directory(tmp_path, monkeypatch):
+  _fail_before_compiling(monkeypatch)
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    train.train_and_evaluate(tiny_data.tiny_config(str(tmp_path / "nowhere")),
+                             str(tmp_path / "run"))
+
+
+def test_split_file_with_unknown_ids(dataset_root, tmp_path, monkeypatch):
+  _fail_before_compiling(monkeypatch)
+  split_file = tmp_path / "labeled.txt"
+  split_file.write_text("train000\nnot_an_image\n")
+  config = tiny_data.tiny_config(dataset_root, **{"dataset.split_file": str(split_file)})
+  with pytest.raises(ValueError, match="not_an_image"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_split_file_reproduces_the_labeled_set(dataset_root, tmp_path):
+  first = str(tmp_path / "first")
+  config = tiny_data.tiny_config(dataset_root, **{"dataset.split_seed": 5})
+  train.train_and_evaluate(config, first)
+  labeled = os.path.join(first, "labeled_ids.txt")
+  again = tiny_data.tiny_config(dataset_root, **{"dataset.split_file": labeled})
+  second = str(tmp_path / "second")
+  train.train_and_evaluate(again, second)
+  assert (splits.read_split_file(os.path.join(second, "labeled_ids.txt"))
+          == splits.read_split_file(labeled))
+  np.testing.assert_allclose(_train_losses(second)[3], _train_losses(first)[3], rtol=1e-5)
