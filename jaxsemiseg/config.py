@@ -27,6 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
       name="shapes",
       # Where TFDS datasets live / are built ("" = the TFDS default, ~/tensorflow_datasets).
       data_dir="",
+      # TFDS builder config ("" = the dataset's default; "tiny" = 32+16 images of shapes).
+      builder_config="",
       # Root directory of a "folder" or "voc" dataset.
       root="",
       # TFDS manual-download directory (Cityscapes zips).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,6 @@ from tqdm import tqdm
 from jaxsemiseg import checkpoint as checkpoint_lib
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
-from jaxsemiseg import evaluate as evaluate_lib
 from jaxsemiseg import metrics, parallel, train, visualize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -67,26 +67,54 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str) -> list[str]
     raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {input_dir!r}.")
   output_dir = output_dir or os.path.join(workdir, "predictions")
   run, _ = restore_run(config, workdir)
-  predict = jax.jit(evaluate_lib.make_predict_fn(run.model))
-  window = config.dataset.crop_size
+  predict = make_batch_predictor(run)
   written = []
   for name in tqdm(names, desc="predict", disable=not config.progress_bar):
     image = np.asarray(Image.open(os.path.join(input_dir, name)).convert("RGB"))
-    padded = _pad_to_multiple(image.astype(np.float32) / 255.0, SIZE_MULTIPLE)[None]
-    if config.eval_mode == "sliding":
-      probs = metrics.predict_sliding_window(
-          lambda x: predict(run.state, x), jnp.asarray(padded), window=window,
-          num_classes=run.num_classes)
-    else:
-      probs = predict(run.state, padded)
-    mask = np.asarray(jnp.argmax(probs[0], axis=-1))[:image.shape[0], :image.shape[1]]
+    mask = predict(image[None].astype(np.float32) / 255.0)[0]
     path = os.path.join(output_dir, os.path.splitext(name)[0] + ".png")
     visualize.save_mask_png(path, mask)
     written.append(path)
   return written
 
 
-def _pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-  height, width = image.shape[:2]
-  pad_h, pad_w = -height % multiple, -width % multiple
-  return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
+def make_batch_predictor(run: train.Run) -> Callable[[np.ndarray], np.ndarray]:
+  """A jitted ``predict(images) -> class ids`` with the model and state of ``run``.
+
+  Predicts the way validation does: the method's own predictor where it has one
+  (ensembles, co-training), and the sliding window when ``config.eval_mode`` is
+  ``"sliding"``. Images of any size work: they are zero-padded at the bottom and right
+  to a multiple of ``SIZE_MULTIPLE`` (so every encoder level halves evenly) and the
+  padding is cut from the masks. One compilation per distinct padded batch shape.
+
+  Args:
+    run: a run with trained state, e.g. from :func:`restore_run`.
+
+  Returns:
+    ``predict(images)``: float32 ``[B, H, W, 3]`` images in [0, 1] to int32 numpy
+    ``[B, H, W]`` class ids. It raises ValueError for images of another shape.
+  """
+  predict_fn = train.predict_fn_for(run)
+  sliding = run.config.eval_mode == "sliding"
+
+  @jax.jit
+  def class_ids(state, images):
+    if sliding:
+      probs = metrics.predict_sliding_window(
+          lambda x: predict_fn(state, x), images, window=run.config.dataset.crop_size,
+          num_classes=run.num_classes)
+    else:
+      probs = predict_fn(state, images)
+    return jnp.argmax(probs, axis=-1).astype(jnp.int32)
+
+  def predict(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(
+          f"images have shape {images.shape}; expected [B, H, W, 3] float32 in [0, 1].")
+    height, width = images.shape[1:3]
+    padded = np.pad(images.astype(np.float32),
+                    ((0, 0), (0, -height % SIZE_MULTIPLE), (0, -width % SIZE_MULTIPLE), (0, 0)))
+    return np.asarray(class_ids(run.state, padded))[:, :height, :width]
+
+  return predict

@@ -89,13 +89,18 @@ def _model_config(config: ml_collections.ConfigDict,
       **config.model[name].to_dict()})
 
 
-def make_eval_step(run: Run) -> Any:
-  """The jitted confusion-matrix step for ``run`` (a method may supply its own predictor)."""
+def predict_fn_for(run: Run) -> Any:
+  """``predict(state, images) -> probabilities``: the method's own, else one forward pass."""
   make_predict_fn = getattr(run.method, "make_predict_fn", None)
-  predict_fn = (make_predict_fn(run.model, run.config) if make_predict_fn
-                else evaluate_lib.make_predict_fn(run.model))
+  if make_predict_fn is not None:
+    return make_predict_fn(run.model, run.config)
+  return evaluate_lib.make_predict_fn(run.model)
+
+
+def make_eval_step(run: Run) -> Any:
+  """The jitted confusion-matrix step for ``run``."""
   step = evaluate_lib.make_eval_step(
-      predict_fn, num_classes=run.num_classes, mode=run.config.eval_mode,
+      predict_fn_for(run), num_classes=run.num_classes, mode=run.config.eval_mode,
       window=run.config.dataset.crop_size)
   replicated = parallel.replicated_sharding(run.mesh)
   return jax.jit(step, in_shardings=(replicated, parallel.batch_sharding(run.mesh)),

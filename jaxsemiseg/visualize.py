@@ -71,9 +71,11 @@ def save_prediction_grid(path: str, images: np.ndarray, predictions: np.ndarray,
   if class_names:
     handles = [plt.Rectangle((0, 0), 1, 1, color=palette[i] / 255.0)
                for i in range(len(class_names))]
-    fig.legend(handles, class_names, loc="lower center", ncol=min(len(class_names), 6),
-               fontsize="small")
-  fig.tight_layout(rect=(0, 0.05 if class_names else 0, 1, 1))
+    columns_in_legend = min(len(class_names), 3)
+    fig.legend(handles, class_names, loc="lower center", ncol=columns_in_legend,
+               fontsize="small", frameon=False)
+  legend_rows = -(-len(class_names) // 3) if class_names else 0
+  fig.tight_layout(rect=(0, 0.12 * legend_rows / rows, 1, 1))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)

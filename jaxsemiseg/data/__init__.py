@@ -45,7 +45,8 @@ def load_source(config: ml_collections.ConfigDict, split: str) -> SegmentationSo
   name = config.name
   if name == "shapes":
     from jaxsemiseg.data import shapes_builder  # pylint: disable=g-import-not-at-top
-    return shapes_builder.load_shapes(split, data_dir=config.data_dir or None)
+    return shapes_builder.load_shapes(split, data_dir=config.data_dir or None,
+                                      config=config.builder_config or "default")
   if name in TFDS_NAMES:
     from jaxsemiseg.data import tfds_sources  # pylint: disable=g-import-not-at-top
     return tfds_sources.load_tfds(name, split, data_dir=config.data_dir or None,
