@@ -164,8 +164,9 @@ def main(argv):
   base = _CONFIG.value
   command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
   done = {_key(row) for row in read_results(_RESULTS_CSV.value)}
-  for fraction in map(float, _FRACTIONS.value):
-    for seed in map(int, _SEEDS.value):
+  # Seeds outermost: an interrupted benchmark already has every fraction for the first seeds.
+  for seed in map(int, _SEEDS.value):
+    for fraction in map(float, _FRACTIONS.value):
       key = (base.method, base.dataset.name, fraction, seed, base.num_steps)
       if key in done:
         print(f"skip {key}: already in {_RESULTS_CSV.value}")
