@@ -30,7 +30,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _report(results: dict) -> None:
-  scalars = {k: round(float(v), 4) for k, v in results.items()
+  scalars = {k: v if isinstance(v, (int, bool)) else round(float(v), 4)
+             for k, v in results.items()
              if isinstance(v, (int, float)) or getattr(v, "ndim", 1) == 0}
   print(json.dumps(scalars))
   if "miou" in results:
