@@ -72,7 +72,10 @@ def check_example(example: dict, *, num_classes: int, source: str) -> None:
     raise ValueError(
         f"{source}: image {example_id!r} is {image.shape[0]}x{image.shape[1]} but its mask is "
         f"{'x'.join(map(str, label.shape))}; image and mask must have the same size.")
-  values = np.unique(label)
+  # Every training and validation example passes here; a histogram is ~3x faster than
+  # np.unique on uint8 masks.
+  values = (np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+            if label.dtype == np.uint8 else np.unique(label))
   bad = values[((values < 0) | (values >= num_classes)) & (values != IGNORE_INDEX)]
   if bad.size:
     raise ValueError(
