@@ -180,6 +180,8 @@ def main(argv):
                              f"steps{base.num_steps}", f"frac{fraction:g}", f"seed{seed}")
       start = time.perf_counter()
       results = train.train_and_evaluate(config, workdir)
+      if results.get("preempted"):
+        sys.exit(f"Preempted during {key}; rerun the same command to resume.")
       append_result(_RESULTS_CSV.value, {
           "method": base.method, "dataset": base.dataset.name, "labeled_fraction": fraction,
           "seed": seed, "steps": base.num_steps, "miou": f"{results['miou']:.5f}",

@@ -3,7 +3,8 @@
 A run's checkpoints live in ``<workdir>/checkpoints/<step>``. Restoring checks the saved
 shapes against the model first (a checkpoint of another model is a clear error, not a
 silent mis-load), and a checkpoint that cannot be read (a crash mid-write, a truncated
-file) is skipped with a warning in favour of the previous one.
+file) is skipped with a warning in favour of the previous one, and deleted (single
+process; with several processes the error is raised, so hosts never resume apart).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Checkpointer:
           f"No checkpoint in {self.directory}; train first (mode=train) or point --workdir at "
           "the run's directory.")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    errors = []
+    errors, unreadable = [], []
     for candidate in candidates:
       try:
         self._check_shapes(candidate, target)
@@ -90,11 +91,20 @@ class Checkpointer:
       except CheckpointShapeError:
         raise
       except Exception as error:  # pylint: disable=broad-except
+        # A read error on one host only would make hosts resume from different steps.
+        if jax.process_count() > 1:
+          raise
         # Orbax/tensorstore raise many types for unreadable data; any of them means "corrupt".
         logging.warning("Checkpoint %d in %s is unreadable (%s: %s); trying an older one.",
                         candidate, self.directory, type(error).__name__, error)
         errors.append(f"step {candidate}: {type(error).__name__}: {error}")
+        unreadable.append(candidate)
         continue
+      # Left in place, an unreadable step would block saving that step again when training
+      # gets there, and would count against `keep`.
+      for bad_step in unreadable:
+        logging.warning("Deleting unreadable checkpoint %d in %s.", bad_step, self.directory)
+        self._manager.delete(bad_step)
       return restored, candidate
     raise RuntimeError(
         f"No readable checkpoint in {self.directory}:\n  " + "\n  ".join(errors))

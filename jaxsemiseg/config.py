@@ -145,6 +145,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
               "checkpoint_every", "keep_checkpoints"):
     if config[key] <= 0:
       raise ValueError(f"config.{key}={config[key]}; expected a positive integer.")
+  choices = {
+      "optimizer.name": ("adamw", "sgd"),
+      "optimizer.schedule": ("poly", "cosine"),
+      "model.dtype": ("float32", "bfloat16"),
+      "model.deeplabv3plus.backbone": ("resnet18", "resnet50", "resnet101"),
+      "model.deeplabv3plus.output_stride": (8, 16),
+  }
+  for key, allowed in choices.items():
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value not in allowed:
+      raise ValueError(f"config.{key}={value!r}; expected one of {allowed}.")
+  if config.unlabeled_batch_size <= 0:
+    raise ValueError(
+        f"config.unlabeled_batch_size={config.unlabeled_batch_size}; expected a positive integer.")
   if config.eval_mode not in ("whole", "sliding"):
     raise ValueError(f"config.eval_mode={config.eval_mode!r}; expected 'whole' or 'sliding'.")
   if not 0 < config.dataset.labeled_fraction <= 1:

@@ -29,9 +29,9 @@ def make_predict_fn(model) -> Callable:
   return predict
 
 
-def make_eval_step(predict_fn: Callable, *, num_classes: int, mode: str = "whole",
-                   window: int = 0) -> Callable:
-  """``eval_step(state, batch) -> int32 [C, C]`` confusion matrix of one batch.
+def make_probs_fn(predict_fn: Callable, *, num_classes: int, mode: str = "whole",
+                  window: int = 0) -> Callable:
+  """``probs(state, images) -> [B, H, W, C]`` by whole-image or sliding-window inference.
 
   Args:
     predict_fn: ``predict(state, images) -> probabilities``.
@@ -42,16 +42,28 @@ def make_eval_step(predict_fn: Callable, *, num_classes: int, mode: str = "whole
   """
   if mode not in ("whole", "sliding"):
     raise ValueError(f"eval mode {mode!r}; expected 'whole' or 'sliding'.")
+  if mode == "whole":
+    return predict_fn
+
+  def probs(state, images):
+    return metrics.predict_sliding_window(
+        lambda x: predict_fn(state, x), images, window=window, num_classes=num_classes)
+
+  return probs
+
+
+def make_eval_step(predict_fn: Callable, *, num_classes: int, mode: str = "whole",
+                   window: int = 0) -> Callable:
+  """``eval_step(state, batch) -> int32 [C, C]`` confusion matrix of one batch.
+
+  Arguments as :func:`make_probs_fn`.
+  """
+  probs_fn = make_probs_fn(predict_fn, num_classes=num_classes, mode=mode, window=window)
 
   def eval_step(state, batch):
-    if mode == "whole":
-      probs = predict_fn(state, batch["image"])
-    else:
-      probs = metrics.predict_sliding_window(
-          lambda x: predict_fn(state, x), batch["image"], window=window,
-          num_classes=num_classes)
     return metrics.confusion_matrix(
-        jnp.argmax(probs, axis=-1), batch["label"], num_classes=num_classes)
+        jnp.argmax(probs_fn(state, batch["image"]), axis=-1), batch["label"],
+        num_classes=num_classes)
 
   return eval_step
 

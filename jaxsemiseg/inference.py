@@ -16,7 +16,8 @@ from tqdm import tqdm
 from jaxsemiseg import checkpoint as checkpoint_lib
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
-from jaxsemiseg import metrics, parallel, train, visualize
+from jaxsemiseg import evaluate as evaluate_lib
+from jaxsemiseg import parallel, train, visualize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Inputs are padded to a multiple of this so every encoder level halves evenly.
@@ -27,14 +28,16 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, *,
                 step: int | None = None) -> tuple[train.Run, int]:
   """Rebuilds the run of ``workdir`` and restores checkpoint ``step`` (default: newest)."""
   config_lib.validate_config(config)
+  parallel.maybe_initialize_distributed(config)
   info_path = os.path.join(workdir, train.RUN_INFO_FILE)
   if not os.path.exists(info_path):
     raise FileNotFoundError(
         f"{info_path} does not exist: {workdir!r} is not the workdir of a training run.")
   with open(info_path, encoding="utf-8") as f:
     info = json.load(f)
+  # The checkpoint holds every weight: the pretrained backbone file is not needed here.
   run = train.build_run(config, num_classes=info["num_classes"],
-                        mesh=parallel.make_mesh(config.num_devices))
+                        mesh=parallel.make_mesh(config.num_devices), load_pretrained=False)
   with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    keep=config.keep_checkpoints) as checkpointer:
     state, restored_step = checkpointer.restore(run.state, step=step)
@@ -73,7 +76,8 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str) -> list[str]
     image = np.asarray(Image.open(os.path.join(input_dir, name)).convert("RGB"))
     mask = predict(image[None].astype(np.float32) / 255.0)[0]
     path = os.path.join(output_dir, os.path.splitext(name)[0] + ".png")
-    visualize.save_mask_png(path, mask)
+    if jax.process_index() == 0:
+      visualize.save_mask_png(path, mask)
     written.append(path)
   return written
 
@@ -94,18 +98,13 @@ def make_batch_predictor(run: train.Run) -> Callable[[np.ndarray], np.ndarray]:
     ``predict(images)``: float32 ``[B, H, W, 3]`` images in [0, 1] to int32 numpy
     ``[B, H, W]`` class ids. It raises ValueError for images of another shape.
   """
-  predict_fn = train.predict_fn_for(run)
-  sliding = run.config.eval_mode == "sliding"
+  probs_fn = evaluate_lib.make_probs_fn(
+      train.predict_fn_for(run), num_classes=run.num_classes, mode=run.config.eval_mode,
+      window=run.config.dataset.crop_size)
 
   @jax.jit
   def class_ids(state, images):
-    if sliding:
-      probs = metrics.predict_sliding_window(
-          lambda x: predict_fn(state, x), images, window=run.config.dataset.crop_size,
-          num_classes=run.num_classes)
-    else:
-      probs = predict_fn(state, images)
-    return jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    return jnp.argmax(probs_fn(state, images), axis=-1).astype(jnp.int32)
 
   def predict(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)

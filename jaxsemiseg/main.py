@@ -43,7 +43,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
   if _MODE.value == "train":
-    _report(train.train_and_evaluate(config, workdir))
+    results = train.train_and_evaluate(config, workdir)
+    if results.get("preempted"):
+      # 128 + SIGTERM, as if the signal had ended the process: schedulers requeue the job.
+      raise SystemExit(143)
+    _report(results)
   elif _MODE.value == "eval":
     _report(inference.evaluate_checkpoint(config, workdir, step=_STEP.value))
   else:

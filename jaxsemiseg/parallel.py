@@ -37,6 +37,10 @@ def make_mesh(num_devices: int = -1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D ``("data",)`` mesh over the first ``num_devices`` devices (-1: all of them)."""
   devices = list(jax.devices() if devices is None else devices)
+  if num_devices > 0 and jax.process_count() > 1:
+    raise ValueError(
+        f"config.num_devices={num_devices} with {jax.process_count()} processes: the mesh "
+        "must hold every process's devices; leave it at -1.")
   if num_devices > 0:
     if num_devices > len(devices):
       raise ValueError(

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from absl import logging
@@ -50,12 +51,13 @@ class Run:
   num_classes: int
 
 
-def build_run(config: ml_collections.ConfigDict, *, num_classes: int, mesh) -> Run:
+def build_run(config: ml_collections.ConfigDict, *, num_classes: int, mesh,
+              load_pretrained: bool = True) -> Run:
   """Creates the model, optimizer and an initial replicated train state.
 
   The state is initialised inside jit with replicated output shardings, so it is born on
-  the mesh (no host copy of the parameters). Backbone weights from
-  ``config.model.pretrained_path`` are loaded here, before any checkpoint is restored.
+  the mesh (no host copy of the parameters). With ``load_pretrained``, backbone weights
+  from ``config.model.pretrained_path`` are loaded here, before any checkpoint is restored.
   """
   model = models.create_model(_model_config(config, num_classes))
   method = methods.get_method(config.method)
@@ -73,7 +75,7 @@ def build_run(config: ml_collections.ConfigDict, *, num_classes: int, mesh) -> R
   state = jax.jit(
       lambda rng: init(rng, sample_batch=sample_batch),
       out_shardings=parallel.replicated_sharding(mesh))(init_rng)
-  if config.model.pretrained_path:
+  if load_pretrained and config.model.pretrained_path:
     variables = weights_lib.load_pretrained_backbone(
         jax.device_get(state.variables), config.model.pretrained_path)
     state = parallel.replicate(
@@ -123,11 +125,24 @@ def run_evaluation(run: Run, eval_step, val_source, *, state=None, progress: boo
 
 
 class _StopOnSignal:
-  """Turns SIGTERM (preemption) into a flag the loop checks between steps."""
+  """Turns SIGTERM (preemption) into a stop the loop takes between steps.
+
+  With several processes the signal can reach them at different steps, while saving a
+  checkpoint is collective: they agree (any process asked) only at steps where ``check``
+  is set, so that all of them stop at the same step.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+
+  def should_stop(self, *, check: bool) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    if not check:
+      return False
+    flags = multihost_utils.process_allgather(np.array(self.requested))
+    return bool(np.any(flags))
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -148,6 +163,13 @@ def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _last_good(last_saved: int | None, checkpointer) -> str:
+  if last_saved is None:
+    return "No checkpoint was saved yet in this run."
+  return (f"The last good checkpoint (step {last_saved}) is kept in "
+          f"{checkpointer.directory}; rerun with the same --workdir to resume from it.")
 
 
 def _summarise(window: list[dict]) -> dict[str, float]:
@@ -173,14 +195,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config.method`` for ``config.num_steps`` steps, evaluating and checkpointing.
 
   Resumes from the newest readable checkpoint in ``workdir`` if there is one. A SIGTERM
-  saves a checkpoint at the current step and returns; a non-finite loss raises
-  FloatingPointError and leaves the last good checkpoint in place.
+  saves a checkpoint at the current step and returns ``{"step": s, "preempted": True}``;
+  a non-finite loss raises FloatingPointError and leaves the last good checkpoint in place.
 
   Returns:
-    The final validation metrics (``miou``, per-class ``iou``, ...) plus ``step``.
+    The final validation metrics (``miou``, per-class ``iou``, ...) plus ``step``, or the
+    preemption dict above.
   """
   config_lib.validate_config(config)
   parallel.maybe_initialize_distributed(config)
+  if jax.process_count() > 1 and not config.dataset.eval_pad_to:
+    raise ValueError(
+        f"config.dataset.eval_pad_to=0 with {jax.process_count()} processes: every process "
+        "must build evaluation batches of one shape; set it to the largest validation image "
+        "side (e.g. 512 for Pascal VOC).")
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
@@ -198,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_step = 0
     if checkpointer.latest_step() is not None:
       state, start_step = checkpointer.restore(state)
-      logging.info("Resumed from checkpoint %d in %s.", start_step, workdir)
+      logging.warning("Resumed from checkpoint %d in %s.", start_step, workdir)
     writer = MetricWriter(workdir)
     stack.callback(writer.close)
     batches = stack.enter_context(pipeline.train_batches(
@@ -219,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results: dict = {}
     window: list[dict] = []
     window_start = time.perf_counter()
-    last_saved = start_step
+    last_saved = start_step if start_step else None
     for step in range(start_step + 1, config.num_steps + 1):
       batch = parallel.to_global_batch(next(batches), mesh)
       state, step_metrics = train_step(state, batch, jax.random.fold_in(base_rng, step))
@@ -231,32 +259,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if not np.isfinite(scalars["loss"]):
           raise FloatingPointError(
               f"The training loss became {scalars['loss']} between steps {step - len(window)} "
-              f"and {step}. The last good checkpoint (step {last_saved}) is kept in "
-              f"{checkpointer.directory}; lower config.optimizer.learning_rate or enable "
-              "config.optimizer.grad_clip_norm and rerun to resume from it.")
+              f"and {step}. {_last_good(last_saved, checkpointer)} Lower "
+              "config.optimizer.learning_rate or enable config.optimizer.grad_clip_norm.")
         scalars["images_per_sec"] = (
             len(window) * config.batch_size / (time.perf_counter() - window_start))
-        scalars["learning_rate"] = float(run.schedule(step))
+        # Update `step` used the schedule at optax's count step - 1.
+        scalars["learning_rate"] = float(run.schedule(step - 1))
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
         window, window_start = [], time.perf_counter()
 
-      if step % config.eval_every == 0 or step == config.num_steps:
+      evaluate_now = step % config.eval_every == 0 or step == config.num_steps
+      if evaluate_now:
         results = run_evaluation(run, eval_step, datasets.val, state=state)
         writer.write_scalars(step, _eval_scalars(results, datasets.class_names))
         bar.write(f"step {step}: val mIoU {100 * results['miou']:.2f}")
 
-      if step % config.checkpoint_every == 0 or step == config.num_steps or stop.requested:
+      stopping = stop.should_stop(check=step % config.log_every == 0)
+      save_now = step % config.checkpoint_every == 0 or step == config.num_steps or stopping
+      if save_now:
         if not bool(_all_finite(state.params)):
           raise FloatingPointError(
-              f"Parameters are not finite at step {step}; not saving. The last good "
-              f"checkpoint (step {last_saved}) is kept in {checkpointer.directory}.")
+              f"Parameters are not finite at step {step}; not saving. "
+              f"{_last_good(last_saved, checkpointer)}")
         checkpointer.save(step, state)
         last_saved = step
-      if stop.requested:
+      if stopping:
         logging.warning("SIGTERM: saved checkpoint %d; rerun with the same --workdir to resume.",
                         step)
         return {"step": step, "preempted": True}
+      if evaluate_now or save_now:
+        # Keep evaluation and checkpointing out of the next throughput window.
+        window_start = time.perf_counter()
 
     if not results:
       results = run_evaluation(run, eval_step, datasets.val, state=state)

@@ -55,8 +55,15 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path):
         f.write(b"not a checkpoint")
   with checkpoint_lib.Checkpointer(str(tmp_path), keep=3) as checkpointer:
     restored, step = checkpointer.restore(_state())
-  assert step == 1
-  np.testing.assert_array_equal(restored.params["dense"]["kernel"], 1.0)
+    assert step == 1
+    np.testing.assert_array_equal(restored.params["dense"]["kernel"], 1.0)
+    # The unreadable step is gone, so training can save step 2 again.
+    assert checkpointer.all_steps() == [1]
+    checkpointer.save(2, _state(value=5.0))
+  with checkpoint_lib.Checkpointer(str(tmp_path), keep=3) as checkpointer:
+    restored, step = checkpointer.restore(_state())
+  assert step == 2
+  np.testing.assert_array_equal(restored.params["dense"]["kernel"], 5.0)
 
 
 def test_missing_checkpoint(tmp_path):

@@ -52,6 +52,12 @@ def test_int_is_accepted_for_float_but_not_bool_for_int():
     ("num_steps", 0, "config.num_steps=0"),
     ("dataset.labeled_fraction", 1.5, "labeled_fraction=1.5"),
     ("eval_mode", "tiles", "config.eval_mode='tiles'"),
+    ("optimizer.name", "lamb", "config.optimizer.name='lamb'"),
+    ("optimizer.schedule", "step", "config.optimizer.schedule='step'"),
+    ("model.dtype", "float16", "config.model.dtype='float16'"),
+    ("model.deeplabv3plus.backbone", "resnet34", "backbone='resnet34'"),
+    ("model.deeplabv3plus.output_stride", 32, "output_stride=32"),
+    ("unlabeled_batch_size", 0, "unlabeled_batch_size=0"),
 ])
 def test_bad_values(key, value, match):
   with pytest.raises(ValueError, match=match.replace(".", r"\.").replace("(", r"\(")):
