@@ -191,8 +191,13 @@ def _write_run_info(workdir: str, datasets: data_lib.Datasets) -> None:
                "class_names": list(datasets.class_names)}, f, indent=2)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       datasets: data_lib.Datasets | None = None) -> dict:
   """Trains ``config.method`` for ``config.num_steps`` steps, evaluating and checkpointing.
+
+  ``datasets`` replaces the sources named by ``config.dataset`` (e.g. in-memory arrays
+  through :func:`jaxsemiseg.data.source_from_arrays`); the split, augmentation and batch
+  settings of ``config.dataset`` still apply.
 
   Resumes from the newest readable checkpoint in ``workdir`` if there is one. A SIGTERM
   saves a checkpoint at the current step and returns ``{"step": s, "preempted": True}``;
@@ -214,7 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.unlabeled_batch_size, mesh, name="unlabeled_batch_size")
 
-  datasets = data_lib.load_datasets(config, workdir=workdir)
+  if datasets is None:
+    datasets = data_lib.load_datasets(config, workdir=workdir)
   _write_run_info(workdir, datasets)
   run = build_run(config, num_classes=datasets.num_classes, mesh=mesh)
   state = run.state

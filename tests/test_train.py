@@ -235,3 +235,20 @@ def test_split_file_reproduces_the_labeled_set(dataset_root, tmp_path):
   assert (splits.read_split_file(os.path.join(second, "labeled_ids.txt"))
           == splits.read_split_file(labeled))
   np.testing.assert_allclose(_train_losses(second)[3], _train_losses(first)[3], rtol=1e-5)
+
+
+def test_in_memory_datasets(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, tiny_data.NUM_CLASSES, (12, tiny_data.SIZE, tiny_data.SIZE))
+  images = (labels[..., None] * 80 + rng.integers(0, 20, labels.shape + (3,))).astype(np.uint8)
+  names = ("a", "b", "c")
+  config = tiny_data.tiny_config("")
+  datasets = data_lib.split_datasets(
+      config, data_lib.source_from_arrays("train", images[:8], labels[:8].astype(np.uint8),
+                                          class_names=names),
+      data_lib.source_from_arrays("val", images[8:], labels[8:].astype(np.uint8),
+                                  class_names=names), workdir=str(tmp_path / "run"))
+  assert (len(datasets.labeled), len(datasets.unlabeled)) == (4, 4)
+  assert datasets.unlabeled[0]["label"] is None
+  results = train.train_and_evaluate(config, str(tmp_path / "run"), datasets=datasets)
+  assert results["confusion"].sum() == 4 * tiny_data.SIZE ** 2

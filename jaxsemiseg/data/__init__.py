@@ -17,7 +17,8 @@ import ml_collections
 from tqdm import tqdm
 
 from jaxsemiseg.data import splits
-from jaxsemiseg.data.source import IGNORE_INDEX, SegmentationSource, check_example
+from jaxsemiseg.data.source import (IGNORE_INDEX, SegmentationSource, check_example,
+                                    source_from_arrays)
 
 LABELED_IDS_FILE = "labeled_ids.txt"
 TFDS_NAMES = ("oxford_iiit_pet", "cityscapes", "scene_parse150")
@@ -80,6 +81,17 @@ def load_datasets(config: ml_collections.ConfigDict, *, workdir: str | None = No
     raise ValueError(
         f"config.dataset.num_classes={dataset.num_classes} but dataset {val.name!r} has "
         f"{val.num_classes} classes; set it to -1 to use the dataset's count.")
+  return split_datasets(config, train, val, workdir=workdir)
+
+
+def split_datasets(config: ml_collections.ConfigDict, train: SegmentationSource,
+                   val: SegmentationSource, *, workdir: str | None = None) -> Datasets:
+  """Splits ``train`` into labeled and unlabeled parts as ``config.dataset`` says.
+
+  Writes the labeled ids to ``workdir`` (process 0) and, with ``check_labels``, scans the
+  labeled and validation masks.
+  """
+  dataset = config.dataset
   if dataset.split_file:
     split_args = dict(split_file=dataset.split_file)
   elif dataset.num_labeled > 0:
@@ -104,4 +116,4 @@ def check_labels(source: SegmentationSource) -> None:
 
 
 __all__ = ["Datasets", "IGNORE_INDEX", "SegmentationSource", "check_labels",
-           "load_datasets", "load_source"]
+           "load_datasets", "load_source", "source_from_arrays", "split_datasets"]

@@ -82,3 +82,19 @@ def check_example(example: dict, *, num_classes: int, source: str) -> None:
         f"{source}: mask {example_id!r} has label value(s) {bad.tolist()} outside "
         f"[0, {num_classes}) and not {IGNORE_INDEX} (ignore). Fix the mask or set "
         "config.dataset.num_classes to the right class count.")
+
+
+def source_from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None, *,
+                       class_names: Sequence[str]) -> SegmentationSource:
+  """A source over in-memory arrays: uint8 ``[N, H, W, 3]`` images, ``[N, H, W]`` labels.
+
+  Ids are ``f"{name}{index:06d}"``; ``labels=None`` gives an unlabeled source.
+  """
+  ids = [f"{name}{index:06d}" for index in range(len(images))]
+
+  def load(index: int) -> dict:
+    return {"image": images[index], "label": None if labels is None else labels[index],
+            "id": ids[index]}
+
+  return SegmentationSource(name=name, ids=ids, num_classes=len(class_names),
+                            class_names=tuple(class_names), load=load)
