@@ -252,12 +252,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     base_rng = jax.random.key(config.seed + 1)
     results: dict = {}
     window: list[dict] = []
-    window_start = time.perf_counter()
+    window_start, timed_steps = time.perf_counter(), 0
     last_saved = start_step if start_step else None
     for step in range(start_step + 1, config.num_steps + 1):
       batch = parallel.to_global_batch(next(batches), mesh)
       state, step_metrics = train_step(state, batch, jax.random.fold_in(base_rng, step))
       window.append(step_metrics)
+      timed_steps += 1
       bar.update(1)
 
       if step % config.log_every == 0 or step == config.num_steps:
@@ -268,12 +269,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
               f"and {step}. {_last_good(last_saved, checkpointer)} Lower "
               "config.optimizer.learning_rate or enable config.optimizer.grad_clip_norm.")
         scalars["images_per_sec"] = (
-            len(window) * config.batch_size / (time.perf_counter() - window_start))
+            timed_steps * config.batch_size / (time.perf_counter() - window_start))
         # Update `step` used the schedule at optax's count step - 1.
         scalars["learning_rate"] = float(run.schedule(step - 1))
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
-        window, window_start = [], time.perf_counter()
+        window, window_start, timed_steps = [], time.perf_counter(), 0
 
       evaluate_now = step % config.eval_every == 0 or step == config.num_steps
       if evaluate_now:
@@ -295,8 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         step)
         return {"step": step, "preempted": True}
       if evaluate_now or save_now:
-        # Keep evaluation and checkpointing out of the next throughput window.
-        window_start = time.perf_counter()
+        # Keep evaluation and checkpointing out of the throughput measurement.
+        window_start, timed_steps = time.perf_counter(), 0
 
     if not results:
       results = run_evaluation(run, eval_step, datasets.val, state=state)
