@@ -16,8 +16,25 @@ DATASET_NAMES = ("shapes", "folder", "voc", "oxford_iiit_pet", "cityscapes", "sc
 MODEL_NAMES = ("unet", "deeplabv3plus")
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """All keys shared by every method, with defaults for the bundled dataset."""
+def base_config(method: str = "supervised") -> ml_collections.ConfigDict:
+  """All keys shared by every method, with defaults for the bundled dataset.
+
+  Args:
+    method: the training method; its own hyper-parameters (its ``default_config()``) are
+      added under ``config.<method>`` so ``--config.<method>.<key>=...`` can override them.
+
+  Raises:
+    ValueError: if ``method`` is not a registered method.
+  """
+  from jaxsemiseg import methods  # pylint: disable=g-import-not-at-top
+  config = _shared_config()
+  config.method = method
+  config[method] = methods.get_method(method).default_config()
+  return config
+
+
+def _shared_config() -> ml_collections.ConfigDict:
+  """The keys every method shares."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.method = "supervised"
@@ -122,7 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
 def full_schema() -> ml_collections.ConfigDict:
   """The base schema plus each registered method's own sub-config under its name."""
   from jaxsemiseg import methods  # pylint: disable=g-import-not-at-top
-  schema = base_config()
+  schema = _shared_config()
   for name, defaults in methods.method_configs().items():
     schema[name] = defaults
   return schema
@@ -136,7 +153,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """
   from jaxsemiseg import methods  # pylint: disable=g-import-not-at-top
   _check_tree(config, full_schema(), prefix="config")
-  methods.get_method(config.method)
+  method = methods.get_method(config.method)
+  if config.method not in config:
+    raise ValueError(
+        f"config.method={config.method!r} but config.{config.method} (its hyper-parameters) is "
+        f"missing; build the config with jaxsemiseg.config.base_config({config.method!r}).")
+  if hasattr(method, "check_config"):
+    method.check_config(config)
   if config.dataset.name not in DATASET_NAMES:
     raise ValueError(f"config.dataset.name={config.dataset.name!r}; expected one of {DATASET_NAMES}.")
   if config.model.name not in MODEL_NAMES:

@@ -69,3 +69,31 @@ def test_method_sub_config_is_checked():
   config.supervised = ml_collections.ConfigDict({"threshold": 0.9})
   with pytest.raises(ValueError, match=r"config\.supervised\.threshold"):
     config_lib.validate_config(config)
+
+
+def test_base_config_holds_the_methods_hyper_parameters():
+  config = config_lib.base_config()
+  assert config.method == "supervised"
+  assert config.supervised.adversarial.attack == "none"
+  with pytest.raises(ValueError, match="config.method='nope'"):
+    config_lib.base_config("nope")
+
+
+def test_missing_method_sub_config_is_named():
+  config = config_lib.base_config()
+  del config["supervised"]
+  with pytest.raises(ValueError, match=r"config\.supervised .*base_config\('supervised'\)"):
+    config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("attack", "deepfool", "attack='deepfool'"),
+    ("alpha", 1.5, "alpha=1.5"),
+    ("epsilon", -0.1, "epsilon=-0.1"),
+    ("pgd_num_steps", 0, "pgd_num_steps"),
+])
+def test_bad_adversarial_settings(key, value, match):
+  config = config_lib.base_config()
+  config.supervised.adversarial[key] = value
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate_config(config)
