@@ -1,0 +1,1 @@
+"""Command-line tools that show what the library does (``python -m jaxsemiseg.tools.<name>``)."""
