@@ -14,6 +14,7 @@ from ml_collections import config_dict
 
 DATASET_NAMES = ("shapes", "folder", "voc", "oxford_iiit_pet", "cityscapes", "scene_parse150")
 MODEL_NAMES = ("unet", "deeplabv3plus")
+UNCERTAINTY_MEASURES = ("none", "entropy", "mutual_information")
 
 
 def base_config(method: str = "supervised") -> ml_collections.ConfigDict:
@@ -138,6 +139,11 @@ def _shared_config() -> ml_collections.ConfigDict:
   config.predict = ml_collections.ConfigDict(dict(
       input_dir="",
       output_dir="",
+      # Also write a heat-map PNG per image: "entropy" (predictive entropy) or
+      # "mutual_information" (BALD) of MC Dropout samples; "none" = masks only.
+      uncertainty="none",
+      # MC Dropout passes T (UA-MT uses 8). Needs a model with dropout_rate > 0.
+      mc_samples=8,
   ))
   return config
 
@@ -192,6 +198,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"config.unlabeled_batch_size={config.unlabeled_batch_size}; expected a positive integer.")
   if config.eval_mode not in ("whole", "sliding"):
     raise ValueError(f"config.eval_mode={config.eval_mode!r}; expected 'whole' or 'sliding'.")
+  if config.predict.uncertainty not in UNCERTAINTY_MEASURES:
+    raise ValueError(f"config.predict.uncertainty={config.predict.uncertainty!r}; expected one "
+                     f"of {UNCERTAINTY_MEASURES}.")
+  if config.predict.mc_samples < 1:
+    raise ValueError(f"config.predict.mc_samples={config.predict.mc_samples}; expected >= 1.")
   if not 0 < config.dataset.labeled_fraction <= 1:
     raise ValueError(
         f"config.dataset.labeled_fraction={config.dataset.labeled_fraction}; expected (0, 1].")

@@ -17,7 +17,7 @@ from jaxsemiseg import checkpoint as checkpoint_lib
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
 from jaxsemiseg import evaluate as evaluate_lib
-from jaxsemiseg import parallel, train, visualize
+from jaxsemiseg import parallel, train, uncertainty, visualize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Inputs are padded to a multiple of this so every encoder level halves evenly.
@@ -59,8 +59,19 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str) -> list[str]
   """Writes a colour-coded mask PNG for every image in ``config.predict.input_dir``.
 
   Each mask has the image's size, pixel values are class ids (palette PNG), and the file
-  keeps the image's stem. Returns the written paths.
+  keeps the image's stem. With ``config.predict.uncertainty`` set, the masks come from the
+  mean of ``config.predict.mc_samples`` MC Dropout passes and ``<stem>_<measure>.png`` holds
+  the uncertainty heat-map (magma, 0 to log C). Returns the written paths.
+
+  Raises:
+    FileNotFoundError: no input directory or no images in it.
+    ValueError: an uncertainty map is asked of a model without dropout.
   """
+  measure = config.predict.uncertainty
+  if measure != "none" and not config.model[config.model.name].dropout_rate > 0:
+    raise ValueError(
+        f"config.predict.uncertainty={measure!r} needs MC Dropout, but "
+        f"config.model.{config.model.name}.dropout_rate is 0: train with dropout.")
   input_dir, output_dir = config.predict.input_dir, config.predict.output_dir
   if not input_dir or not os.path.isdir(input_dir):
     raise FileNotFoundError(
@@ -70,15 +81,26 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str) -> list[str]
     raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {input_dir!r}.")
   output_dir = output_dir or os.path.join(workdir, "predictions")
   run, _ = restore_run(config, workdir)
-  predict = make_batch_predictor(run)
+  if measure == "none":
+    predict = make_batch_predictor(run)
+  else:
+    predict = make_uncertainty_predictor(run, measure=measure,
+                                         num_samples=config.predict.mc_samples, seed=config.seed)
   written = []
   for name in tqdm(names, desc="predict", disable=not config.progress_bar):
     image = np.asarray(Image.open(os.path.join(input_dir, name)).convert("RGB"))
-    mask = predict(image[None].astype(np.float32) / 255.0)[0]
-    path = os.path.join(output_dir, os.path.splitext(name)[0] + ".png")
+    outputs = predict(image[None].astype(np.float32) / 255.0)
+    stem = os.path.join(output_dir, os.path.splitext(name)[0])
+    paths = [stem + ".png"] + ([] if measure == "none" else [f"{stem}_{measure}.png"])
     if jax.process_index() == 0:
-      visualize.save_mask_png(path, mask)
-    written.append(path)
+      if measure == "none":
+        visualize.save_mask_png(paths[0], outputs[0])
+      else:
+        mask, heat = outputs
+        visualize.save_mask_png(paths[0], mask[0])
+        Image.fromarray(uncertainty.uncertainty_heatmap(
+            heat[0], vmax=float(np.log(run.num_classes)))).save(paths[1])
+    written.extend(paths)
   return written
 
 
@@ -106,7 +128,52 @@ def make_batch_predictor(run: train.Run) -> Callable[[np.ndarray], np.ndarray]:
   def class_ids(state, images):
     return jnp.argmax(probs_fn(state, images), axis=-1).astype(jnp.int32)
 
-  def predict(images: np.ndarray) -> np.ndarray:
+  return _on_padded_images(lambda images: class_ids(run.state, images))
+
+
+def make_uncertainty_predictor(run: train.Run, *, measure: str, num_samples: int,
+                               seed: int = 0) -> Callable[[np.ndarray], tuple]:
+  """A jitted ``predict(images) -> (class ids, uncertainty map)`` from MC Dropout.
+
+  ``num_samples`` passes with dropout on and BatchNorm in inference mode
+  (:func:`uncertainty.mc_dropout`, whole images); the class is the argmax of the mean
+  probability and the map is its predictive entropy or the mutual information (BALD)
+  between the prediction and the dropout mask. Padding as :func:`make_batch_predictor`.
+
+  Args:
+    run: a run with trained state whose model has dropout.
+    measure: ``"entropy"`` or ``"mutual_information"``.
+    num_samples: the number of MC Dropout passes T.
+    seed: seeds the dropout masks, so predictions are reproducible.
+
+  Returns:
+    ``predict(images)`` giving int32 ``[B, H, W]`` class ids and float32 ``[B, H, W]`` maps.
+  """
+  maps = {"entropy": uncertainty.predictive_entropy,
+          "mutual_information": uncertainty.mutual_information}
+  if measure not in maps:
+    raise ValueError(f"measure={measure!r}; expected one of {sorted(maps)}.")
+  apply_fn = uncertainty.make_mc_dropout_apply_fn(run.model)
+  key = jax.random.key(seed)
+
+  @jax.jit
+  def ids_and_map(state, images):
+    samples = uncertainty.mc_dropout(key, apply_fn, state.variables, images,
+                                     num_samples=num_samples)
+    ids = jnp.argmax(samples.mean(axis=0), axis=-1).astype(jnp.int32)
+    return ids, maps[measure](samples)
+
+  return _on_padded_images(lambda images: ids_and_map(run.state, images))
+
+
+def _on_padded_images(fn: Callable) -> Callable:
+  """Wraps ``fn(padded images) -> arrays [B, H', W', ...]`` to take and return any size.
+
+  Images are zero-padded at the bottom and right to a multiple of ``SIZE_MULTIPLE`` and
+  the padding is cut from every output.
+  """
+
+  def predict(images: np.ndarray):
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(
@@ -114,6 +181,6 @@ def make_batch_predictor(run: train.Run) -> Callable[[np.ndarray], np.ndarray]:
     height, width = images.shape[1:3]
     padded = np.pad(images.astype(np.float32),
                     ((0, 0), (0, -height % SIZE_MULTIPLE), (0, -width % SIZE_MULTIPLE), (0, 0)))
-    return np.asarray(class_ids(run.state, padded))[:, :height, :width]
+    return jax.tree.map(lambda x: np.asarray(x)[:, :height, :width], fn(padded))
 
   return predict

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxsemiseg import config as config_lib
-from jaxsemiseg import evaluate, inference, parallel, train
+from jaxsemiseg import evaluate, inference, parallel, train, uncertainty
 
 NUM_CLASSES = 3
 CROP = 16
@@ -96,3 +96,34 @@ def test_rejects_images_without_three_channels():
   with pytest.raises(ValueError, match=r"\(2, 8, 8\).*\[B, H, W, 3\]"):
     predict(np.zeros((2, 8, 8), np.float32))
 
+
+
+@pytest.fixture(scope="module")
+def dropout_run():
+  config = _config()
+  config.model.unet.dropout_rate = 0.5
+  return train.build_run(config, num_classes=NUM_CLASSES, mesh=parallel.make_mesh(1))
+
+
+@pytest.mark.parametrize("measure, reference", [
+    ("entropy", "predictive_entropy"), ("mutual_information", "mutual_information")])
+def test_uncertainty_predictor_is_mc_dropout(dropout_run, measure, reference):
+  images = jax.random.uniform(jax.random.key(0), (1, 20, 24, 3))
+  ids, heat = inference.make_uncertainty_predictor(
+      dropout_run, measure=measure, num_samples=4, seed=3)(np.asarray(images))
+  padded = jnp.pad(images, ((0, 0), (0, 12), (0, 8), (0, 0)))
+  samples = uncertainty.mc_dropout(
+      jax.random.key(3), uncertainty.make_mc_dropout_apply_fn(dropout_run.model),
+      dropout_run.state.variables, padded, num_samples=4)[:, :, :20, :24]
+  assert ids.shape == heat.shape == (1, 20, 24)
+  np.testing.assert_allclose(heat, getattr(uncertainty, reference)(samples), atol=1e-6)
+  np.testing.assert_array_equal(ids, samples.mean(0).argmax(-1))
+  assert heat.max() > 0
+
+
+def test_uncertainty_needs_dropout(tmp_path):
+  config = _config()
+  config.predict.uncertainty = "entropy"
+  config.predict.input_dir = str(tmp_path)
+  with pytest.raises(ValueError, match=r"dropout_rate is 0"):
+    inference.predict_folder(config, str(tmp_path))

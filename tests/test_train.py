@@ -176,6 +176,21 @@ def test_eval_and_predict_modes(dataset_root, tmp_path):
   assert set(np.unique(np.asarray(mask))) <= {0, 1, 2}
 
 
+def test_predict_mode_writes_uncertainty_maps(dataset_root, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_data.tiny_config(dataset_root)
+  config.model.unet.dropout_rate = 0.5
+  train.train_and_evaluate(config, workdir)
+  config.predict.input_dir = os.path.join(dataset_root, "val", "images")
+  config.predict.output_dir = str(tmp_path / "masks")
+  config.predict.uncertainty = "mutual_information"
+  config.predict.mc_samples = 3
+  paths = inference.predict_folder(config, workdir)
+  assert len(paths) == 12 and paths[1].endswith("_mutual_information.png")
+  heat = Image.open(paths[1])
+  assert heat.mode == "RGB" and heat.size == (tiny_data.SIZE, tiny_data.SIZE)
+
+
 def _broken_dataset(root, *, mask_value=None, mask_size=None):
   tiny_data.write_dataset(root)
   path = os.path.join(root, "val", "masks", "val002.png")
