@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import types
 
-from jaxsemiseg.methods import supervised
+from jaxsemiseg.methods import fixmatch, mean_teacher, supervised, unimatch
 
 METHODS: dict[str, types.ModuleType] = {
     "supervised": supervised,
+    "mean_teacher": mean_teacher,
+    "fixmatch": fixmatch,
+    "unimatch": unimatch,
 }
 
 

@@ -1,0 +1,274 @@
+"""The shared self-training pieces, and the three methods' steps run through the loop's path.
+
+The step checks are parametrised over Mean Teacher, FixMatch and UniMatch and use the
+shapes, shardings and donation of ``train.train_and_evaluate`` on the tiny dataset, so the
+end-to-end run finds its step already in the persistent compilation cache.
+"""
+
+import functools
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxsemiseg import config as config_lib
+from jaxsemiseg import data as data_lib
+from jaxsemiseg import methods, parallel, train
+from jaxsemiseg.augment import mixing
+from jaxsemiseg.methods import self_training
+
+import tiny_data
+
+METHODS = ("mean_teacher", "fixmatch", "unimatch")
+NUM_STEPS = 20
+
+# The terms each method reports besides loss and grad_norm.
+TERMS = {
+    "mean_teacher": ("loss_x", "loss_ce", "loss_consistency", "consistency_weight", "ema_decay"),
+    "fixmatch": ("loss_x", "loss_ce", "loss_s", "confident_fraction"),
+    "unimatch": ("loss_x", "loss_ce", "loss_s1", "loss_s2", "loss_fp", "confident_fraction"),
+}
+
+# Each method's total loss from the terms it reports.
+TOTALS = {
+    "mean_teacher": lambda m: m["loss_x"] + m["consistency_weight"] * m["loss_consistency"],
+    "fixmatch": lambda m: (m["loss_x"] + m["loss_s"]) / 2,
+    "unimatch": lambda m: (m["loss_x"] + 0.25 * m["loss_s1"] + 0.25 * m["loss_s2"]
+                           + 0.5 * m["loss_fp"]) / 2,
+}
+
+
+def test_pseudo_labels_are_argmax_and_max_probability():
+  logits = jnp.log(jnp.array([[[[1.0, 3.0], [4.0, 1.0]]]]))
+  pseudo = self_training.pseudo_labels_from_logits(logits, jnp.array([[[True, False]]]))
+  np.testing.assert_array_equal(pseudo.labels, [[[1, 0]]])
+  np.testing.assert_allclose(pseudo.confidence, [[[0.75, 0.8]]], rtol=1e-6)
+  np.testing.assert_array_equal(pseudo.valid, [[[True, False]]])
+  assert float(self_training.confident_fraction(pseudo, threshold=0.76)) == 0.0
+  assert float(self_training.confident_fraction(pseudo, threshold=0.75)) == 1.0
+
+
+def test_pseudo_labels_carry_no_gradient():
+  def confidence_sum(logits):
+    pseudo = self_training.pseudo_labels_from_logits(logits, jnp.ones((1, 1, 1), bool))
+    return pseudo.confidence.sum()
+
+  np.testing.assert_array_equal(jax.grad(confidence_sum)(jnp.ones((1, 1, 1, 3))), 0.0)
+
+
+def test_masked_probability_mse_by_hand():
+  student = jnp.array([[[[1.0, 0.0], [0.5, 0.5]]]])
+  teacher = jnp.array([[[[0.0, 1.0], [0.5, 0.5]]]])
+  # Squared distances 2 and 0 over C = 2 classes.
+  everywhere = self_training.masked_probability_mse(student, teacher, jnp.array([[[True, True]]]))
+  first_only = self_training.masked_probability_mse(student, teacher, jnp.array([[[True, False]]]))
+  nothing = self_training.masked_probability_mse(student, teacher, jnp.zeros((1, 1, 2), bool))
+  np.testing.assert_allclose([everywhere, first_only, nothing], [0.5, 1.0, 0.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="mask"):
+    self_training.masked_probability_mse(student, teacher, jnp.ones((1, 2), bool))
+
+
+def test_check_unit_interval_names_the_field():
+  self_training.check_unit_interval("config.x", 1.0)
+  with pytest.raises(ValueError, match=r"config\.x=1\.5; expected a value in \[0, 1\]"):
+    self_training.check_unit_interval("config.x", 1.5)
+
+
+class _BrightToClass(nn.Module):
+  """Class 1, by a wide margin, where a pixel has a channel above 0.1; else class 0.
+
+  Colour jitter keeps black black and a bright image bright, so this model's pseudo-labels
+  of a strong view are known without knowing the jitter.
+  """
+
+  @nn.compact
+  def __call__(self, images, *, train, mc_dropout=False, decoder_input_perturbation=None):
+    del train, mc_dropout
+    scale = self.param("scale", nn.initializers.constant(100.0), ())
+    features = images.max(axis=-1, keepdims=True) - 0.1
+    if decoder_input_perturbation is not None:
+      features = decoder_input_perturbation(self.make_rng("perturbation"), features)
+    return {"logits": scale * jnp.concatenate([-features, features], axis=-1),
+            "features": features}
+
+
+def test_strong_views_take_the_partners_pixels_and_pseudo_labels_inside_the_box():
+  size, batch_size = 16, 3
+  images = jnp.zeros((batch_size, size, size, 3))  # Black stays black under colour jitter.
+  partner_images = jnp.full((batch_size, size, size, 3), 0.9)
+  # Jitted: one compilation is faster than running the colour ops one by one.
+  strong, boxes = jax.jit(functools.partial(
+      self_training.strong_cutmix_views, num_views=2, cutmix_p=1.0))(
+          jax.random.key(0), images, partner_images)
+  assert strong.shape == (2, batch_size, size, size, 3)
+  assert boxes.shape == (2, batch_size, size, size)
+  assert boxes.reshape(2 * batch_size, -1).any(axis=1).all()
+  assert not np.array_equal(boxes[0], boxes[1])
+  np.testing.assert_array_equal(strong.max(axis=-1) > 0, boxes)
+  # Each view and image has its own colour draw of the partner.
+  partner_values = {float(strong[v, i][boxes[v, i]].mean()) for v in range(2)
+                    for i in range(batch_size)}
+  assert len(partner_values) == 2 * batch_size
+
+  model = _BrightToClass()
+  variables = model.init(jax.random.key(1), images, train=False)
+  valid_u2 = jnp.ones((batch_size, size, size), bool).at[:, -2:].set(False)
+  partner = self_training.predict_pseudo_labels(model, variables["params"], {}, partner_images,
+                                                valid_u2)
+  np.testing.assert_array_equal(partner.labels, 1)
+  weak = self_training.PseudoLabels(labels=jnp.zeros((batch_size, size, size), jnp.int32),
+                                    confidence=jnp.full((batch_size, size, size), 0.5),
+                                    valid=jnp.ones((batch_size, size, size), bool))
+  mixed = mixing.mix(boxes[0], weak, partner)
+  np.testing.assert_array_equal(mixed.labels, boxes[0])
+  np.testing.assert_allclose(mixed.confidence, np.where(boxes[0], partner.confidence, 0.5))
+  np.testing.assert_array_equal(mixed.valid, ~(boxes[0] & ~valid_u2))
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "unimatch"])
+def test_step_trains_the_box_on_the_partners_pseudo_labels(method):
+  # Unlabeled batch A is black (class 0), its partner B bright (class 1). Every strong
+  # view gets a box of B; if a box took A's pseudo-labels, or another view's box, the
+  # strong loss would be ~100 per pixel of the box instead of ~0.
+  size, batch_size = 16, 2
+  valid = np.ones((batch_size, size, size), bool)
+  valid[0, -4:] = False
+  batch = {"image": jnp.zeros((batch_size, size, size, 3)),
+           "label": jnp.zeros((batch_size, size, size), jnp.int32),
+           "image_u": jnp.zeros((batch_size, size, size, 3)), "valid_u": jnp.asarray(valid),
+           "image_u2": jnp.full((batch_size, size, size, 3), 0.9),
+           "valid_u2": jnp.asarray(valid[::-1])}
+  config = config_lib.base_config(method)
+  config[method].update(dict(threshold=0.5, cutmix_p=1.0))
+  model, tx = _BrightToClass(), optax.sgd(0.0)
+  module = methods.get_method(method)
+  state = module.init_state(jax.random.key(0), model, tx, batch, config)
+  _, metrics = jax.jit(module.make_train_step(model, tx, config))(state, batch,
+                                                                  jax.random.key(1))
+  strong_terms = ["loss_s"] if method == "fixmatch" else ["loss_s1", "loss_s2"]
+  for name in strong_terms:
+    assert abs(float(metrics[name])) < 1e-6, (name, metrics[name])
+  assert float(metrics["confident_fraction"]) == 1.0
+
+
+def test_strong_views_reject_mismatched_batches():
+  with pytest.raises(ValueError, match="partner_images"):
+    self_training.strong_cutmix_views(jax.random.key(0), jnp.zeros((2, 8, 8, 3)),
+                                      jnp.zeros((3, 8, 8, 3)), num_views=1, cutmix_p=0.5)
+
+
+# --- The three methods' steps, compiled as the training loop compiles them. ---
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+  return tiny_data.write_dataset(str(tmp_path_factory.mktemp("tiny")))
+
+
+def method_config(root: str, method: str):
+  """tiny_config for ``method``: a depth-1 width-4 UNet, SGD (comparable across layouts).
+
+  The fixed-batch steps and the end-to-end run share this config, hence one compiled step.
+  """
+  config = tiny_data.tiny_config(root, **{
+      "model.unet.depth": 1, "optimizer.name": "sgd", "optimizer.learning_rate": 0.1,
+      "num_steps": NUM_STEPS, "eval_every": NUM_STEPS, "checkpoint_every": NUM_STEPS,
+      "log_every": NUM_STEPS})
+  config.method = method
+  config[method] = config_lib.base_config(method)[method]
+  if "threshold" in config[method]:
+    # At tau = 0.95 no pixel of an untrained model is confident and the unlabeled terms
+    # are 0; at 0.5 about a quarter are, so every term is checked from the first step.
+    config[method].threshold = 0.5
+  return config
+
+
+def fixed_batch(config) -> dict:
+  """Four labeled images and two unlabeled batches of four; image 0 of each is padded."""
+  datasets = data_lib.load_datasets(config)
+  labeled = [datasets.labeled[i] for i in range(4)]
+  unlabeled = [datasets.unlabeled[i]["image"] for i in range(8)]
+  valid = np.ones((4, tiny_data.SIZE, tiny_data.SIZE), bool)
+  valid[0, -3:] = False
+  batch = {"image": np.stack([e["image"] for e in labeled]).astype(np.float32) / 255,
+           "label": np.stack([e["label"] for e in labeled]).astype(np.int32)}
+  for suffix, images in (("_u", unlabeled[:4]), ("_u2", unlabeled[4:])):
+    images = np.stack(images).astype(np.float32) / 255
+    images[~valid] = 0.0
+    batch["image" + suffix], batch["valid" + suffix] = images, valid
+  return batch
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def method_runs(request, dataset_root):
+  """The method's config, batch, and its run and compiled step on 1 and on 4 devices."""
+  method = request.param
+  config = method_config(dataset_root, method)
+  batch = fixed_batch(config)
+  if getattr(methods.get_method(method), "NUM_UNLABELED_VIEWS", 1) == 1:
+    batch = {k: v for k, v in batch.items() if not k.endswith("_u2")}
+  runs = {}
+  for devices in (1, 4):
+    mesh = parallel.make_mesh(devices)
+    run = train.build_run(config, num_classes=tiny_data.NUM_CLASSES, mesh=mesh)
+    step = parallel.compile_step(run.method.make_train_step(run.model, run.tx, config), mesh)
+    runs[devices] = (run, step, parallel.to_global_batch(batch, mesh))
+  return method, config, runs
+
+
+def test_step_reports_its_terms_and_learns_a_fixed_batch(method_runs):
+  method, _, runs = method_runs
+  run, step, batch = runs[1]
+  state = _copy(run.state)
+  history = []
+  for i in range(NUM_STEPS):
+    state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(0), i))
+    history.append(jax.device_get(metrics))
+  first, last = history[0], history[-1]
+  for metrics in history:
+    assert metrics.keys() == {"loss", "grad_norm", *TERMS[method]}
+    np.testing.assert_allclose(metrics["loss"], TOTALS[method](metrics), rtol=1e-5)
+  assert int(state.step) == NUM_STEPS
+  assert last["loss"] < 0.7 * first["loss"], [m["loss"] for m in history]
+  assert last["loss_x"] < 0.5 * first["loss_x"]
+  if "confident_fraction" in first:
+    assert 0.0 < first["confident_fraction"] < last["confident_fraction"] <= 1.0
+    unlabeled_terms = [name for name in TERMS[method] if name.startswith("loss_")
+                       and name not in ("loss_x", "loss_ce")]
+    assert all(first[name] > 0.01 for name in unlabeled_terms), first
+
+
+def test_one_and_four_devices_agree(method_runs):
+  _, _, runs = method_runs
+  results = {}
+  for devices, (run, step, batch) in runs.items():
+    state, metrics = step(_copy(run.state), batch, jax.random.key(3))
+    state, metrics = step(state, batch, jax.random.key(4))
+    results[devices] = jax.device_get((state.params, state.extras, metrics))
+  (params1, extras1, metrics1), (params4, extras4, metrics4) = results[1], results[4]
+  assert metrics1.keys() == metrics4.keys()
+  for name in metrics1:
+    np.testing.assert_allclose(metrics4[name], metrics1[name], rtol=1e-4, atol=1e-7,
+                               err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               (params1, extras1), (params4, extras4))
+
+
+def test_train_and_evaluate_runs_the_method(method_runs, tmp_path):
+  method, config, _ = method_runs
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["step"] == NUM_STEPS
+  assert 0.0 <= results["miou"] <= 1.0
+  with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
+    logged = [json.loads(line) for line in f]
+  train_row = next(row for row in logged if "train/loss" in row)
+  assert np.isfinite(train_row["train/loss"])
+  assert {f"train/{name}" for name in TERMS[method]} <= train_row.keys()

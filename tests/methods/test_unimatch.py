@@ -1,0 +1,85 @@
+"""UniMatch's feature perturbation and config checks.
+
+The step itself (the 1/2 [L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp] weighting read from its
+metrics, learning, 1 vs 4 devices, a run of the loop) is checked with the other
+self-training methods in ``test_self_training.py``.
+"""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsemiseg import config as config_lib
+from jaxsemiseg.methods import unimatch
+from jaxsemiseg.models import UNet
+
+
+def test_channel_dropout_drops_whole_channels_and_rescales_the_rest():
+  features = jnp.ones((4, 3, 3, 8))
+  dropped = unimatch.channel_dropout(jax.random.key(0), features, rate=0.5)
+  per_channel = np.asarray(dropped).transpose(0, 3, 1, 2).reshape(32, 9)
+  assert np.all(per_channel == per_channel[:, :1])
+  assert set(np.unique(per_channel)) == {0.0, 2.0}
+  np.testing.assert_array_equal(
+      unimatch.channel_dropout(jax.random.key(0), features, rate=0.0), features)
+
+
+def test_perturbed_forward_decodes_clean_and_perturbed_copies():
+  model = UNet(num_classes=3, width=4, depth=1)
+  images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+  variables = model.init(jax.random.key(1), images, train=False)
+  plain = model.apply(variables, images, train=True)["logits"]
+  keys = dict(dropout_rng=jax.random.key(2), perturbation_rng=jax.random.key(3))
+  outputs, _ = unimatch._perturbed_forward(model, variables["params"], {}, images, rate=0.5,
+                                           **keys)
+  assert outputs["logits"].shape == (4, 8, 8, 3)
+  np.testing.assert_allclose(outputs["logits"][:2], plain, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(outputs["logits"][2:], plain, atol=1e-3)
+  unperturbed, _ = unimatch._perturbed_forward(model, variables["params"], {}, images,
+                                               rate=0.0, **keys)
+  np.testing.assert_allclose(unperturbed["logits"][2:], plain, rtol=1e-5, atol=1e-6)
+
+
+def test_default_config_follows_unimatch_for_voc():
+  config = config_lib.base_config("unimatch").unimatch
+  assert (config.threshold, config.cutmix_p, config.feature_dropout_rate) == (0.95, 0.5, 0.5)
+  assert unimatch.USES_UNLABELED and unimatch.NUM_UNLABELED_VIEWS == 2
+  assert (unimatch.LABELED_WEIGHT, unimatch.STRONG_WEIGHT,
+          unimatch.FEATURE_PERTURBATION_WEIGHT) == (1.0, 0.25, 0.5)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("threshold", -0.1, r"\[0, 1\]"),
+    ("cutmix_p", 2.0, r"\[0, 1\]"),
+    ("feature_dropout_rate", 1.0, r"\[0, 1\)"),
+])
+def test_config_values_out_of_range_are_rejected(field, value, expected):
+  config = config_lib.base_config("unimatch")
+  config.unimatch[field] = value
+  with pytest.raises(ValueError, match=rf"config\.unimatch\.{field}={value}.*{expected}"):
+    config_lib.validate_config(config)
+
+
+def test_voc_config_has_the_papers_settings():
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "voc_unimatch.py")
+  spec = importlib.util.spec_from_file_location("voc_unimatch", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("183")
+  config_lib.validate_config(config)
+  assert (config.method, config.dataset.name, config.dataset.num_labeled) == (
+      "unimatch", "voc", 183)
+  assert (config.model.name, config.model.deeplabv3plus.backbone,
+          config.model.deeplabv3plus.output_stride) == ("deeplabv3plus", "resnet101", 16)
+  assert (config.optimizer.name, config.optimizer.learning_rate,
+          config.optimizer.head_lr_multiplier, config.optimizer.schedule) == (
+              "sgd", 1e-3, 10.0, "poly")
+  assert (config.batch_size, config.unlabeled_batch_size, config.dataset.crop_size) == (8, 8, 321)
+  # 80 epochs of the 10582 - 183 unlabeled images, 8 per step.
+  assert config.num_steps == 80 * ((10582 - 183) // 8)
+  with pytest.raises(ValueError, match="labeled images"):
+    module.get_config("0")
