@@ -11,17 +11,20 @@ from jaxsemiseg import losses
 
 
 def forward(model, params: Any, batch_stats: Any, images: jax.Array, *, train: bool,
-            rng: jax.Array | None = None, **kwargs) -> tuple[dict, Any]:
+            rng: jax.Array | None = None, perturbation_rng: jax.Array | None = None,
+            **kwargs) -> tuple[dict, Any]:
   """Runs ``model`` and returns ``(outputs, new_batch_stats)``.
 
   BatchNorm statistics are updated only when ``train`` is set and the model has them;
   otherwise ``batch_stats`` comes back unchanged, so callers need no special case for
-  GroupNorm models such as the UNet.
+  GroupNorm models such as the UNet. ``rng`` drives dropout and ``perturbation_rng`` the
+  model's ``decoder_input_perturbation`` (passed on with the other ``kwargs``).
   """
   variables = {"params": params}
   if batch_stats:
     variables["batch_stats"] = batch_stats
-  rngs = {"dropout": rng} if rng is not None else None
+  rngs = {name: key for name, key in (("dropout", rng), ("perturbation", perturbation_rng))
+          if key is not None} or None
   if train and batch_stats:
     outputs, updated = model.apply(variables, images, train=True, rngs=rngs,
                                    mutable=["batch_stats"], **kwargs)

@@ -79,24 +79,13 @@ def channel_dropout(key: jax.Array, features: jax.Array, *, rate: float) -> jax.
   return jnp.where(keep, features / (1.0 - rate), 0).astype(features.dtype)
 
 
-def _clean_and_dropped(key: jax.Array, features: jax.Array, *, rate: float) -> jax.Array:
-  return jnp.concatenate([features, channel_dropout(key, features, rate=rate)])
+def clean_and_dropped(key: jax.Array, features: jax.Array, *, rate: float) -> jax.Array:
+  """``[features; channel_dropout(features)]``: the model's ``decoder_input_perturbation``.
 
-
-def _perturbed_forward(model, params: Any, batch_stats: Any, images: jax.Array, *,
-                       rate: float, dropout_rng: jax.Array,
-                       perturbation_rng: jax.Array) -> tuple[dict, Any]:
-  """Train-mode forward whose decoder reads ``[clean; channel-dropped]`` features.
-
-  Returns ``(outputs, new_batch_stats)``; the outputs have twice the batch of ``images``,
-  clean predictions first.
+  The decoder then runs on the clean and the perturbed features in one batch, as
+  UniMatch's ``model(torch.cat((x, x_u_w)), need_fp=True)``.
   """
-  variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-  outputs, updated = model.apply(
-      variables, images, train=True, mutable=["batch_stats"],
-      rngs={"dropout": dropout_rng, "perturbation": perturbation_rng},
-      decoder_input_perturbation=functools.partial(_clean_and_dropped, rate=rate))
-  return outputs, updated.get("batch_stats", batch_stats)
+  return jnp.concatenate([features, channel_dropout(key, features, rate=rate)])
 
 
 def make_train_step(model, tx: optax.GradientTransformation,
@@ -123,11 +112,14 @@ def make_train_step(model, tx: optax.GradientTransformation,
                                        threshold=settings.threshold)
 
     def loss_fn(params: Any):
-      outputs, batch_stats = _perturbed_forward(
+      # The decoder reads [clean; channel-dropped] encoder features: one train-mode pass
+      # gives the clean predictions first, then the feature-perturbed ones.
+      outputs, batch_stats = common.forward(
           model, params, state.batch_stats,
-          jnp.concatenate([batch["image"], batch["image_u"]]),
-          rate=settings.feature_dropout_rate, dropout_rng=weak_rng,
-          perturbation_rng=perturbation_rng)
+          jnp.concatenate([batch["image"], batch["image_u"]]), train=True, rng=weak_rng,
+          perturbation_rng=perturbation_rng,
+          decoder_input_perturbation=functools.partial(
+              clean_and_dropped, rate=settings.feature_dropout_rate))
       clean, perturbed = outputs["logits"][:num_weak], outputs["logits"][num_weak:]
       loss_x, terms = common.supervised_loss(clean[:num_labeled], batch["label"], config.loss)
       weak = self_training.pseudo_labels_from_logits(clean[num_labeled:], batch["valid_u"])

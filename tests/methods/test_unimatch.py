@@ -5,6 +5,7 @@ metrics, learning, 1 vs 4 devices, a run of the loop) is checked with the other
 self-training methods in ``test_self_training.py``.
 """
 
+import functools
 import importlib.util
 import os
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxsemiseg import config as config_lib
-from jaxsemiseg.methods import unimatch
+from jaxsemiseg.methods import common, unimatch
 from jaxsemiseg.models import UNet
 
 
@@ -33,15 +34,19 @@ def test_perturbed_forward_decodes_clean_and_perturbed_copies():
   images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
   variables = model.init(jax.random.key(1), images, train=False)
   plain = model.apply(variables, images, train=True)["logits"]
-  keys = dict(dropout_rng=jax.random.key(2), perturbation_rng=jax.random.key(3))
-  outputs, _ = unimatch._perturbed_forward(model, variables["params"], {}, images, rate=0.5,
-                                           **keys)
-  assert outputs["logits"].shape == (4, 8, 8, 3)
-  np.testing.assert_allclose(outputs["logits"][:2], plain, rtol=1e-5, atol=1e-6)
-  assert not np.allclose(outputs["logits"][2:], plain, atol=1e-3)
-  unperturbed, _ = unimatch._perturbed_forward(model, variables["params"], {}, images,
-                                               rate=0.0, **keys)
-  np.testing.assert_allclose(unperturbed["logits"][2:], plain, rtol=1e-5, atol=1e-6)
+
+  def perturbed_forward(rate):
+    outputs, _ = common.forward(
+        model, variables["params"], {}, images, train=True, rng=jax.random.key(2),
+        perturbation_rng=jax.random.key(3),
+        decoder_input_perturbation=functools.partial(unimatch.clean_and_dropped, rate=rate))
+    return outputs["logits"]
+
+  outputs = perturbed_forward(0.5)
+  assert outputs.shape == (4, 8, 8, 3)
+  np.testing.assert_allclose(outputs[:2], plain, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(outputs[2:], plain, atol=1e-3)
+  np.testing.assert_allclose(perturbed_forward(0.0)[2:], plain, rtol=1e-5, atol=1e-6)
 
 
 def test_default_config_follows_unimatch_for_voc():
