@@ -1,10 +1,13 @@
-"""Pure supervised segmentation losses: cross-entropy, soft Dice, OHEM, ramp-up.
+"""Pure segmentation losses: cross-entropy, Dice, OHEM, consistency, ramp-up.
 
-Each loss takes logits ``[..., C]`` and int labels ``[...]``, skips pixels labeled
-``ignore_index`` (255), computes in float32 and says in its docstring what it divides
-by. Labels other than ``ignore_index`` must lie in ``[0, C)``; the data sources check
-that on the host. Losses that can be split per pixel return
-``(scalar, per_pixel_map)``, with 0 in the map wherever a pixel does not count.
+The supervised losses take logits ``[..., C]`` and int labels ``[...]`` and skip pixels
+labeled ``ignore_index`` (255); labels other than ``ignore_index`` must lie in
+``[0, C)`` (the data sources check that on the host). The consistency losses compare two
+(or N) predictions, count only the pixels of an optional bool ``mask`` (valid and, where
+a method asks, confident), and take no gradient through their target. Every loss
+computes in float32 and says in its docstring what it divides by. Losses that can be
+split per pixel return ``(scalar, per_pixel_map)``, with 0 in the map wherever a pixel
+does not count.
 """
 
 from __future__ import annotations
@@ -216,3 +219,198 @@ def sigmoid_rampup(step: jax.Array | int, *, length: int) -> jax.Array:
     return jnp.float32(1.0)
   phase = 1.0 - jnp.clip(jnp.asarray(step, jnp.float32) / length, 0.0, 1.0)
   return jnp.exp(-5.0 * phase * phase)
+
+
+def _check_mask(mask: jax.Array | None, pixel_shape: tuple[int, ...], name: str) -> jax.Array:
+  """Bool mask of the counted pixels, all of them when ``mask`` is None."""
+  if mask is None:
+    return jnp.ones(pixel_shape, bool)
+  if mask.shape != pixel_shape:
+    raise ValueError(
+        f"{name} has shape {mask.shape}; expected the pixel shape {pixel_shape} (the "
+        "predictions' shape without the class axis).")
+  return mask.astype(bool)
+
+
+def _check_same_shape(values: jax.Array, targets: jax.Array, names: str) -> None:
+  if values.shape != targets.shape:
+    raise ValueError(
+        f"{names} have shapes {values.shape} and {targets.shape}; expected two [..., C] "
+        "maps of one shape.")
+
+
+def _entropy(probs: jax.Array) -> jax.Array:
+  """``-sum_c p_c log p_c`` over the last axis, with ``0 log 0 = 0``.
+
+  The log is taken of ``max(p, tiny)`` so that a probability that underflowed to 0 adds
+  nothing and still has a finite gradient (``xlogy`` would give NaN there).
+  """
+  safe_log = jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
+  return -(probs * safe_log).sum(axis=-1)
+
+
+def probability_mse(
+    probs: jax.Array, target_probs: jax.Array, *, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """Squared error between two probability maps (Mean Teacher, CCT, UA-MT consistency).
+
+  Per pixel ``sum_c (p_c - t_c)^2``. Normaliser: ``C`` times the number of pixels in
+  ``mask``, i.e. the mean over masked pixels and classes (PyTorch ``mse_loss`` when every
+  pixel counts; UA-MT's ``sum mask ||p - t||^2 / (C sum mask)``). No gradient flows into
+  ``target_probs``.
+
+  Args:
+    probs: ``[..., C]`` probabilities that get the gradient.
+    target_probs: ``[..., C]`` target probabilities.
+    mask: optional bool ``[...]`` pixels that count (e.g. valid and confident); every
+      pixel when None.
+
+  Returns:
+    ``(loss, per_pixel)``: the scalar (0 when the mask is empty) and the ``[...]``
+    per-pixel sum over classes, 0 where a pixel does not count.
+
+  Raises:
+    ValueError: on mismatched shapes.
+  """
+  _check_same_shape(probs, target_probs, "probs and target_probs")
+  counted = _check_mask(mask, probs.shape[:-1], "mask")
+  squared = jnp.square(probs.astype(jnp.float32)
+                       - jax.lax.stop_gradient(target_probs).astype(jnp.float32)).sum(-1)
+  per_pixel = jnp.where(counted, squared, 0.0)
+  return _masked_mean(per_pixel, counted) / probs.shape[-1], per_pixel
+
+
+def kl_divergence(
+    target_probs: jax.Array, logits: jax.Array, *, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """``KL(t || softmax(z))`` per pixel, the VAT / Deep Co-Training view-difference term.
+
+  Per pixel ``sum_c t_c (log t_c - log softmax(z)_c)`` with ``0 log 0 = 0``. Normaliser:
+  the number of pixels in ``mask`` (a per-pixel KL averaged over pixels, as VAT for
+  segmentation and Deep Co-Training's ``KL_2D``). No gradient flows into
+  ``target_probs``.
+
+  Args:
+    target_probs: ``[..., C]`` target distribution ``t``.
+    logits: ``[..., C]`` unnormalised scores of the prediction that gets the gradient.
+    mask: optional bool ``[...]`` pixels that count; every pixel when None.
+
+  Returns:
+    ``(loss, per_pixel)``: the scalar (0 when the mask is empty) and the ``[...]``
+    per-pixel KL, 0 where a pixel does not count.
+
+  Raises:
+    ValueError: on mismatched shapes.
+  """
+  _check_same_shape(target_probs, logits, "target_probs and logits")
+  counted = _check_mask(mask, logits.shape[:-1], "mask")
+  target = jax.lax.stop_gradient(target_probs).astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  kl = -_entropy(target) - (target * log_probs).sum(axis=-1)
+  per_pixel = jnp.where(counted, kl, 0.0)
+  return _masked_mean(per_pixel, counted), per_pixel
+
+
+def jensen_shannon(
+    probs: jax.Array, *, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """True Jensen-Shannon divergence of N predictions: ``H(mean_i p_i) - mean_i H(p_i)``.
+
+  Deep Co-Training's ``L_cot`` (METHODS.md 3; the mutual information of section 13). Not
+  the ``softmax(mean logits)`` approximation of the unofficial classification code.
+  Gradients flow into every prediction. Normaliser: the number of pixels in ``mask``.
+
+  Args:
+    probs: ``[N, ..., C]`` probabilities of N >= 2 predictions of the same pixels.
+    mask: optional bool ``[...]`` pixels that count; every pixel when None.
+
+  Returns:
+    ``(loss, per_pixel)``: the scalar in ``[0, log N]`` (0 when the mask is empty) and
+    the ``[...]`` per-pixel divergence, 0 where a pixel does not count.
+
+  Raises:
+    ValueError: if ``probs`` has fewer than 3 axes or fewer than 2 predictions.
+  """
+  if probs.ndim < 3 or probs.shape[0] < 2:
+    raise ValueError(
+        f"probs have shape {probs.shape}; expected [N, ..., C] with N >= 2 predictions.")
+  counted = _check_mask(mask, probs.shape[1:-1], "mask")
+  probs = probs.astype(jnp.float32)
+  divergence = _entropy(probs.mean(axis=0)) - _entropy(probs).mean(axis=0)
+  per_pixel = jnp.where(counted, divergence, 0.0)
+  return _masked_mean(per_pixel, counted), per_pixel
+
+
+def soft_cross_entropy(
+    logits: jax.Array, target_probs: jax.Array, *, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """Cross-entropy to soft targets, ``-sum_c t_c log softmax(z)_c`` (PseudoSeg).
+
+  Normaliser: the number of pixels in ``mask``. No gradient flows into ``target_probs``.
+
+  Args:
+    logits: ``[..., C]`` unnormalised scores of the prediction that gets the gradient.
+    target_probs: ``[..., C]`` soft targets (rows sum to 1).
+    mask: optional bool ``[...]`` pixels that count; every pixel when None.
+
+  Returns:
+    ``(loss, per_pixel)``: the scalar (0 when the mask is empty) and the ``[...]``
+    per-pixel cross-entropy, 0 where a pixel does not count.
+
+  Raises:
+    ValueError: on mismatched shapes.
+  """
+  _check_same_shape(logits, target_probs, "logits and target_probs")
+  counted = _check_mask(mask, logits.shape[:-1], "mask")
+  target = jax.lax.stop_gradient(target_probs).astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  per_pixel = jnp.where(counted, -(target * log_probs).sum(axis=-1), 0.0)
+  return _masked_mean(per_pixel, counted), per_pixel
+
+
+def pseudo_label_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    confidence: jax.Array | None = None,
+    threshold: float = 0.0,
+    valid: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """CE to hard pseudo-labels on confident pixels: ``sum CE [q >= tau] [valid] / #valid``.
+
+  UniMatch / FixMatch-seg's unlabeled loss (METHODS.md 1a) and, with no confidence, CPS's
+  cross pseudo supervision. A pixel is valid when its label is not ``IGNORE_INDEX`` and
+  ``valid`` (if given) is True. Normaliser: the number of **valid** pixels, confident or
+  not, so the loss shrinks while few pixels pass the threshold.
+
+  Args:
+    logits: ``[..., C]`` predictions on the view being trained.
+    labels: ``[...]`` int pseudo-labels in ``[0, C)`` or ``IGNORE_INDEX``.
+    confidence: optional float ``[...]`` pseudo-label confidence ``q`` (no gradient is
+      taken through it); every valid pixel counts when None.
+    threshold: ``tau``; pixels with ``q >= tau`` count.
+    valid: optional bool ``[...]`` mask of real (not padded) pixels.
+
+  Returns:
+    ``(loss, per_pixel)``: the scalar (0 when no pixel is valid) and the ``[...]``
+    per-pixel CE, 0 where a pixel does not count.
+
+  Raises:
+    ValueError: on mismatched shapes, or a non-zero ``threshold`` without
+      ``confidence``.
+  """
+  _check_shapes(logits, labels)
+  if confidence is None and threshold != 0.0:
+    raise ValueError(
+        f"threshold={threshold} but no confidence was given; pass the pseudo-labels' "
+        "confidence or leave threshold at 0.")
+  if valid is not None:
+    labels = jnp.where(_check_mask(valid, labels.shape, "valid"), labels, IGNORE_INDEX)
+  weights = None
+  if confidence is not None:
+    if confidence.shape != labels.shape:
+      raise ValueError(
+          f"confidence has shape {confidence.shape}; expected the labels' shape "
+          f"{labels.shape}.")
+    weights = (jax.lax.stop_gradient(confidence) >= threshold).astype(jnp.float32)
+  return cross_entropy(logits, labels, weights=weights)

@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import types
 
+from jaxsemiseg.methods import ensemble_self_training, ua_mt
 from jaxsemiseg.methods import fixmatch, mean_teacher, supervised, unimatch
+from jaxsemiseg.methods import cct, equivariance
+from jaxsemiseg.methods import cps, deep_cotraining
 
 METHODS: dict[str, types.ModuleType] = {
     "supervised": supervised,
     "mean_teacher": mean_teacher,
     "fixmatch": fixmatch,
     "unimatch": unimatch,
+    "cct": cct,
+    "equivariance": equivariance,
+    "ua_mt": ua_mt,
+    "ensemble_self_training": ensemble_self_training,
+    "cps": cps,
+    "deep_cotraining": deep_cotraining,
 }
 
 

@@ -134,8 +134,8 @@ def make_train_step(model, tx: optax.GradientTransformation,
       loss_x, terms = common.supervised_loss(
           outputs["logits"][:num_labeled], batch["label"], config.loss)
       student_probs = jax.nn.softmax(outputs["logits"][num_labeled:], axis=-1)
-      consistency = self_training.masked_probability_mse(
-          student_probs, teacher_probs, batch["valid_u"])
+      consistency, _ = losses.probability_mse(
+          student_probs, teacher_probs, mask=batch["valid_u"])
       metrics = {**terms, "loss_x": loss_x, "loss_consistency": consistency,
                  "consistency_weight": weight}
       return loss_x + weight * consistency, (batch_stats, metrics)

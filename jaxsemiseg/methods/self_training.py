@@ -88,9 +88,8 @@ def confident_cross_entropy(logits: jax.Array, pseudo: PseudoLabels, *,
                             threshold: float) -> jax.Array:
   """UniMatch's unlabeled loss: ``sum CE(z, y_hat) [q >= tau] [valid] / #valid``.
 
-  Normaliser: the number of **valid** pixels, confident or not, so the loss shrinks while
-  few pixels pass the threshold (UniMatch / FixMatch-seg, METHODS.md 1a). 0 when no pixel
-  is valid.
+  ``losses.pseudo_label_cross_entropy`` on a ``PseudoLabels``; its normaliser is the number
+  of **valid** pixels, confident or not (METHODS.md 1a). 0 when no pixel is valid.
 
   Args:
     logits: ``[B, H, W, C]`` predictions on the view being trained.
@@ -100,9 +99,9 @@ def confident_cross_entropy(logits: jax.Array, pseudo: PseudoLabels, *,
   Returns:
     The scalar loss.
   """
-  labels = jnp.where(pseudo.valid, pseudo.labels, losses.IGNORE_INDEX)
-  weights = confident_mask(pseudo, threshold=threshold).astype(jnp.float32)
-  loss, _ = losses.cross_entropy(logits, labels, weights=weights)
+  loss, _ = losses.pseudo_label_cross_entropy(
+      logits, pseudo.labels, confidence=pseudo.confidence, threshold=threshold,
+      valid=pseudo.valid)
   return loss
 
 
@@ -146,35 +145,6 @@ def strong_cutmix_views(key: jax.Array, images: jax.Array, partner_images: jax.A
   boxes = jax.vmap(sampler)(jax.random.split(box_key, num_views * batch_size))
   boxes = boxes.reshape((num_views,) + images.shape[:3])
   return mixing.mix(boxes, strong, partner_strong), boxes
-
-
-def masked_probability_mse(student_probs: jax.Array, teacher_probs: jax.Array,
-                           mask: jax.Array) -> jax.Array:
-  """``sum_pixels mask * ||p_s - p_t||^2 / (C * #mask)``: the Mean Teacher consistency.
-
-  Normaliser: C times the number of pixels in ``mask``, i.e. the mean squared error over
-  the masked pixels and all classes (PyTorch ``mse_loss`` when every pixel counts; UA-MT's
-  ``sum mask ||.||^2 / (C sum mask)``). 0 when the mask is empty.
-
-  Args:
-    student_probs: ``[B, H, W, C]`` probabilities that get the gradient.
-    teacher_probs: ``[B, H, W, C]`` targets (no gradient is taken through them).
-    mask: bool ``[B, H, W]`` pixels that count.
-
-  Returns:
-    The scalar loss.
-
-  Raises:
-    ValueError: on mismatched shapes.
-  """
-  if student_probs.shape != teacher_probs.shape or student_probs.shape[:-1] != mask.shape:
-    raise ValueError(
-        f"student {student_probs.shape}, teacher {teacher_probs.shape} and mask "
-        f"{mask.shape}; expected two [B, H, W, C] probability maps and a [B, H, W] mask.")
-  squared = jnp.square(student_probs.astype(jnp.float32)
-                       - jax.lax.stop_gradient(teacher_probs).astype(jnp.float32)).sum(-1)
-  count = jnp.maximum(mask.sum(), 1).astype(jnp.float32) * student_probs.shape[-1]
-  return jnp.where(mask, squared, 0.0).sum() / count
 
 
 def check_unit_interval(name: str, value: float) -> None:

@@ -1,0 +1,59 @@
+r"""CPS + CutMix on Pascal VOC 2012 at TorchSemiSeg's settings (exp.voc/*.CPS+CutMix).
+
+Two DeepLabV3+ nets with ResNet-101 backbones at output stride 16 (ASPP rates 6, 12, 18,
+no dropout before the classifier), crop 512, long-side rescale U(0.5, 2) (the reference
+draws from {0.5, 0.75, 1, 1.5, 1.75, 2}), SGD (momentum 0.9, weight decay 1e-4) at 0.005
+for backbone and head alike, poly decay 0.9, batch 16 labeled + 16 unlabeled (+ 16 CutMix
+partners), CPS weight 1, 34 epochs of max(#labeled, #unlabeled) images, sliding-window
+evaluation (window 512, stride 2/3). The argument is the number of labeled images of
+``train_aug`` (default 1322, TorchSemiSeg's 1/8 split, 10582 // 8):
+
+  python -m jaxsemiseg.main --config=configs/voc_cps.py:1322 --workdir=/tmp/voc_cps \
+      --config.dataset.root=/data/VOCdevkit/VOC2012
+
+Differences from the reference that the config cannot remove:
+- no ImageNet initialisation: the loop cannot load ``model.pretrained_path`` into
+  stacked co-training members yet (``cotraining.check_no_pretrained``), so both nets
+  start from random weights and fall far short of the paper's mIoU until it can;
+- the reference backbone is ResNet-50/101-v1c (three-conv stem), here torchvision's;
+- the labeled images are drawn at random (the "blender" protocol) unless
+  ``dataset.split_file`` names TorchSemiSeg's subset list;
+- the reference evaluates its first net only; here the loop reports the average of
+  both, and ``cotraining.evaluate_members`` scores each net.
+"""
+
+from jaxsemiseg.config import base_config
+
+# Images of SegmentationClassAug's train_aug list.
+TRAIN_AUG_SIZE = 10582
+EPOCHS = 34
+
+
+def get_config(arg=None):
+  """The config for ``arg`` labeled images (a decimal string; default "1322")."""
+  num_labeled = int(arg) if arg else TRAIN_AUG_SIZE // 8
+  if not 0 < num_labeled < TRAIN_AUG_SIZE:
+    raise ValueError(
+        f"configs/voc_cps.py:{arg}; expected a number of labeled images in "
+        f"(0, {TRAIN_AUG_SIZE}), e.g. 662, 1322, 2645 or 5291.")
+  config = base_config("cps")
+  config.dataset.update(dict(
+      name="voc", train_split="train_aug", val_split="val", num_labeled=num_labeled,
+      crop_size=512, scale_range=(0.5, 2.0), eval_pad_to=512))
+  config.model.name = "deeplabv3plus"
+  config.model.deeplabv3plus.update(dict(backbone="resnet101", output_stride=16,
+                                         dropout_rate=0.0))
+  config.optimizer.update(dict(name="sgd", learning_rate=0.005, momentum=0.9,
+                               weight_decay=1e-4, schedule="poly", poly_power=0.9,
+                               head_lr_multiplier=1.0))
+  config.batch_size = 16
+  config.unlabeled_batch_size = 16
+  # TorchSemiSeg: niters_per_epoch = max(#labeled, #unlabeled) // batch_size.
+  steps_per_epoch = max(num_labeled, TRAIN_AUG_SIZE - num_labeled) // config.batch_size
+  config.num_steps = EPOCHS * steps_per_epoch
+  config.eval_every = steps_per_epoch
+  config.checkpoint_every = steps_per_epoch
+  config.eval_batch_size = 16
+  config.eval_mode = "sliding"
+  config.cps.cps_weight = 1.0
+  return config

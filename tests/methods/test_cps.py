@@ -1,0 +1,190 @@
+"""CPS's cross supervision and the shared co-training members, on a tiny UNet.
+
+The step itself (its terms, learning, 1 vs 4 devices, a run of the loop) is checked with
+the other methods in ``test_self_training.py``.
+"""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxsemiseg import config as config_lib
+from jaxsemiseg import data as data_lib
+from jaxsemiseg import evaluate, losses, models, parallel, train
+from jaxsemiseg.augment import mixing
+from jaxsemiseg.methods import common, cotraining, cps
+
+import tiny_data
+
+SIZE, BATCH, NUM_CLASSES = 16, 2, 3
+
+
+@pytest.fixture(scope="module")
+def setup():
+  """A depth-1 width-4 UNet, two stacked members and an unlabeled batch pair with masks."""
+  model = models.create_model(ml_collections.ConfigDict(dict(
+      name="unet", dtype="float32", num_classes=NUM_CLASSES, width=4, depth=1, groups=4,
+      dropout_rate=0.0)))
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((BATCH, SIZE, SIZE, 3)), jnp.float32)
+  partner_images = jnp.asarray(rng.random((BATCH, SIZE, SIZE, 3)), jnp.float32)
+  state = cotraining.init_members(jax.random.key(0), model, optax.sgd(0.1), images,
+                                  num_members=2)
+  settings = config_lib.base_config("cps").cps
+  masks = cps.box_masks(jax.random.key(1), BATCH, (SIZE, SIZE), settings=settings)
+  return model, state, images, partner_images, masks
+
+
+def _single_logits(model, state, index, images):
+  outputs, _ = common.forward(model, cotraining.member(state.params, index),
+                              cotraining.member(state.batch_stats, index), images, train=True)
+  return outputs["logits"]
+
+
+def test_members_differ_at_init_and_have_their_own_optimizer_state(setup):
+  _, state, *_ = setup
+  kernels = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
+    assert leaf.shape[0] == 2
+    if path[-1].key == "kernel":  # Biases and norm scales start equal by design.
+      kernels += 1
+      assert not np.allclose(leaf[0], leaf[1]), jax.tree_util.keystr(path)
+  assert kernels > 0
+  assert cotraining.num_members_of(state.params) == 2
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(
+      jax.vmap(optax.sgd(0.1).init)(state.params))
+
+
+def test_box_masks_are_per_image_cps_boxes(setup):
+  *_, masks = setup
+  assert masks.shape == (BATCH, SIZE, SIZE) and masks.dtype == bool
+  # 3 XOR-toggled boxes of 0.25-0.5 of the area in total: neither empty nor full.
+  assert np.all(masks.any(axis=(1, 2))) and not np.any(masks.all(axis=(1, 2)))
+  assert not np.array_equal(masks[0], masks[1])
+
+
+def test_pseudo_labels_are_each_nets_argmax_of_the_unmixed_images_mixed(setup):
+  model, state, images, partner_images, masks = setup
+  labels, _ = cps.mixed_pseudo_labels(model, state.params, state.batch_stats, images,
+                                      partner_images, masks)
+  assert labels.shape == (2, BATCH, SIZE, SIZE)
+  for index in range(2):
+    # The reference forwards the two unlabeled batches one at a time: the UNet's
+    # GroupNorm makes that the same as one call.
+    own = jnp.argmax(_single_logits(model, state, index, images), -1)
+    partner = jnp.argmax(_single_logits(model, state, index, partner_images), -1)
+    np.testing.assert_array_equal(labels[index], np.where(masks, partner, own))
+  assert not np.array_equal(labels[0], labels[1])
+
+
+def test_each_net_learns_the_other_nets_labels(setup):
+  model, state, images, partner_images, masks = setup
+  labels, _ = cps.mixed_pseudo_labels(model, state.params, state.batch_stats, images,
+                                      partner_images, masks)
+  mixed = mixing.mix(masks, images, partner_images)
+  logits = jnp.stack([_single_logits(model, state, i, mixed) for i in range(2)])
+  valid = jnp.ones((BATCH, SIZE, SIZE), bool).at[0, -3:].set(False)
+  terms = cps.cross_supervision_losses(logits, labels, valid)
+  for index in range(2):
+    other_labels = jnp.where(valid, labels[1 - index], 255)
+    expected, _ = losses.cross_entropy(logits[index], other_labels)
+    np.testing.assert_allclose(terms[index], expected, rtol=1e-6)
+    own_labels = jnp.where(valid, labels[index], 255)
+    assert abs(float(terms[index] - losses.cross_entropy(logits[index], own_labels)[0])) > 1e-3
+
+
+@pytest.mark.parametrize("trained", [0, 1])
+def test_cps_gradient_reaches_a_net_only_through_its_own_prediction(setup, trained):
+  model, state, images, partner_images, masks = setup
+  valid = jnp.ones((BATCH, SIZE, SIZE), bool)
+
+  def cps_term(params):
+    # The pseudo-labels come from the same parameters as the predictions being trained.
+    labels, _ = cps.mixed_pseudo_labels(model, params, state.batch_stats, images,
+                                        partner_images, masks)
+    outputs, _ = cotraining.forward_members(
+        model, params, state.batch_stats, mixing.mix(masks, images, partner_images),
+        train=True)
+    return cps.cross_supervision_losses(outputs["logits"], labels, valid)[trained]
+
+  grads = jax.jit(jax.grad(cps_term))(state.params)
+  norms = [optax.tree.norm(cotraining.member(grads, i)) for i in range(2)]
+  assert float(norms[trained]) > 1e-4
+  assert float(norms[1 - trained]) == 0.0
+
+
+def test_average_predictor_is_the_mean_of_the_members(setup):
+  model, state, images, *_ = setup
+  average = cotraining.make_predict_fn(model, None)(state, images)
+  members = [cotraining.member_predict_fn(model, i)(state, images) for i in range(2)]
+  np.testing.assert_allclose(average, (members[0] + members[1]) / 2, rtol=1e-5, atol=1e-7)
+  alone = state.replace(params=cotraining.member(state.params, 1),
+                        batch_stats=cotraining.member(state.batch_stats, 1))
+  np.testing.assert_allclose(members[1], evaluate.make_predict_fn(model)(alone, images),
+                             rtol=1e-6)
+  assert not np.allclose(members[0], members[1])
+  assert cps.make_predict_fn is cotraining.make_predict_fn
+
+
+def test_evaluate_members_scores_each_net_and_the_average(tmp_path):
+  root = tiny_data.write_dataset(str(tmp_path))
+  config = tiny_data.tiny_config(root, **{"model.unet.depth": 1})
+  config.method = "cps"
+  config.cps = config_lib.base_config("cps").cps
+  run = train.build_run(config, num_classes=tiny_data.NUM_CLASSES,
+                        mesh=parallel.make_mesh(1))
+  val = data_lib.load_source(config.dataset, config.dataset.val_split)
+  results = cotraining.evaluate_members(run, val)
+  assert set(results) == {"member_0", "member_1", "average"}
+  for scores in results.values():
+    assert 0.0 <= scores["miou"] <= 1.0
+  assert results["member_0"]["iou"].tolist() != results["member_1"]["iou"].tolist()
+
+
+def test_check_config_names_bad_values():
+  config = config_lib.base_config("cps")
+  cps.check_config(config)
+  for key, value, message in [
+      ("cps.cps_weight", -1.0, r"config\.cps\.cps_weight=-1\.0"),
+      ("cps.num_boxes", 0, r"config\.cps\.num_boxes=0"),
+      ("cps.box_area_range", (0.5, 0.25), r"config\.cps\.box_area_range=\(0\.5, 0\.25\)"),
+      ("model.pretrained_path", "/w.npz", r"pretrained_path='/w\.npz'.*stacked"),
+  ]:
+    bad = config_lib.base_config("cps")
+    bad.update_from_flattened_dict({key: value})
+    with pytest.raises(ValueError, match=message):
+      cps.check_config(bad)
+  with pytest.raises(ValueError, match="num_members=0"):
+    cotraining.init_members(jax.random.key(0), None, optax.sgd(0.1), jnp.zeros((1, 8, 8, 3)),
+                            num_members=0)
+
+
+def _load_config(name: str, arg=None):
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_configs_validate_and_voc_follows_torchsemiseg():
+  for name in ("cps", "deep_cotraining"):
+    config = _load_config(name)
+    config_lib.validate_config(config)
+    assert config.method == name
+  voc = _load_config("voc_cps")
+  config_lib.validate_config(voc)
+  assert (voc.dataset.num_labeled, voc.dataset.crop_size) == (1322, 512)
+  assert voc.model.deeplabv3plus.backbone == "resnet101"
+  assert (voc.optimizer.learning_rate, voc.batch_size, voc.cps.cps_weight) == (0.005, 16, 1.0)
+  # 34 epochs of max(1322, 9260) images in batches of 16.
+  assert voc.num_steps == 34 * (9260 // 16)
+  assert _load_config("voc_cps", "662").num_steps == 34 * (9920 // 16)
+  with pytest.raises(ValueError, match="voc_cps.py:0"):
+    _load_config("voc_cps", "0")
