@@ -105,6 +105,26 @@ def make_predict_fn(model, config: ml_collections.ConfigDict) -> Callable:
   return predict
 
 
+def update_teacher(teacher: dict, state: TrainState, settings: ml_collections.ConfigDict
+                   ) -> tuple[dict, jax.Array]:
+  """The EMA of the student after ``state.step`` updates, and the decay it used.
+
+  Args:
+    teacher: ``{"params", "batch_stats"}`` before this update.
+    state: the student after its optimizer step.
+    settings: ``ema_decay`` (alpha) and ``teacher_batch_stats`` ("ema" or "copy").
+
+  Returns:
+    ``(teacher, decay)`` with ``decay = min(1 - 1 / (step + 1), alpha)``.
+  """
+  decay = self_training.ema_decay(state.step, alpha=settings.ema_decay)
+  batch_stats = state.batch_stats
+  if settings.teacher_batch_stats == "ema":
+    batch_stats = self_training.ema_update(teacher["batch_stats"], batch_stats, decay=decay)
+  params = self_training.ema_update(teacher["params"], state.params, decay=decay)
+  return {"params": params, "batch_stats": batch_stats}, decay
+
+
 def make_train_step(model, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict) -> Callable:
   """Returns the pure, un-jitted ``step(state, batch, rng) -> (state, metrics)``.
@@ -141,13 +161,7 @@ def make_train_step(model, tx: optax.GradientTransformation,
       return loss_x + weight * consistency, (batch_stats, metrics)
 
     state, metrics = self_training.apply_gradients(state, tx, loss_fn)
-    decay = self_training.ema_decay(state.step, alpha=settings.ema_decay)
-    teacher_batch_stats = state.batch_stats
-    if settings.teacher_batch_stats == "ema":
-      teacher_batch_stats = self_training.ema_update(
-          teacher["batch_stats"], state.batch_stats, decay=decay)
-    teacher = {"params": self_training.ema_update(teacher["params"], state.params, decay=decay),
-               "batch_stats": teacher_batch_stats}
+    teacher, decay = update_teacher(teacher, state, settings)
     return state.replace(extras={**state.extras, "teacher": teacher}), {
         **metrics, "ema_decay": decay}
 

@@ -179,17 +179,6 @@ def certain_mask(samples: jax.Array, valid: jax.Array, *,
   return valid.astype(bool) & (uncertainty.predictive_entropy(samples) < threshold)
 
 
-def _update_teacher(teacher: dict, state: TrainState, settings: ml_collections.ConfigDict
-                    ) -> tuple[dict, jax.Array]:
-  """Mean Teacher's EMA of the student after ``state.step`` updates; also returns the decay."""
-  decay = self_training.ema_decay(state.step, alpha=settings.ema_decay)
-  batch_stats = state.batch_stats
-  if settings.teacher_batch_stats == "ema":
-    batch_stats = self_training.ema_update(teacher["batch_stats"], batch_stats, decay=decay)
-  params = self_training.ema_update(teacher["params"], state.params, decay=decay)
-  return {"params": params, "batch_stats": batch_stats}, decay
-
-
 def make_train_step(model, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict) -> Callable:
   """Returns the pure, un-jitted ``step(state, batch, rng) -> (state, metrics)``.
@@ -230,7 +219,7 @@ def make_train_step(model, tx: optax.GradientTransformation,
       return loss_x + weight * consistency, (batch_stats, metrics)
 
     state, metrics = self_training.apply_gradients(state, tx, loss_fn)
-    teacher, decay = _update_teacher(teacher, state, settings)
+    teacher, decay = mean_teacher.update_teacher(teacher, state, settings)
     certain_fraction = mask.sum() / jnp.maximum(batch["valid_u"].sum(), 1).astype(jnp.float32)
     return state.replace(extras={**state.extras, "teacher": teacher}), {
         **metrics, "entropy_threshold": threshold, "certain_fraction": certain_fraction,
