@@ -17,19 +17,27 @@ def dataset_root(tmp_path_factory):
   return tiny_data.write_dataset(str(tmp_path_factory.mktemp("tiny")))
 
 
-def _run_and_batch(root, **adversarial):
-  config = tiny_data.tiny_config(root, num_steps=100)
-  config.supervised.adversarial.update(adversarial)
+@pytest.fixture(scope="module")
+def run_and_batch(dataset_root):
+  """One built run (adversarial settings only change the step) and a fixed batch."""
+  config = tiny_data.tiny_config(dataset_root, num_steps=100)
   run = train.build_run(config, num_classes=tiny_data.NUM_CLASSES, mesh=parallel.make_mesh(1))
   labeled = data_lib.load_datasets(config).labeled
   examples = [labeled[i] for i in range(4)]
   batch = {"image": jnp.asarray(np.stack([e["image"] for e in examples]), jnp.float32) / 255,
            "label": jnp.asarray(np.stack([e["label"] for e in examples]), jnp.int32)}
-  return config, run, batch
+  return run, batch
 
 
-def test_fgsm_example_is_the_signed_gradient_step(dataset_root):
-  config, run, batch = _run_and_batch(dataset_root, attack="fgsm", epsilon=0.05)
+def _config(run, **adversarial):
+  config = run.config.copy_and_resolve_references()
+  config.supervised.adversarial.update(adversarial)
+  return config
+
+
+def test_fgsm_example_is_the_signed_gradient_step(run_and_batch):
+  run, batch = run_and_batch
+  config = _config(run, attack="fgsm", epsilon=0.05)
   attack = supervised.make_attack(run.model, run.state.batch_stats, config)
   images_adv = attack(run.state.params, batch["image"], batch["label"], jax.random.key(0))
 
@@ -43,11 +51,11 @@ def test_fgsm_example_is_the_signed_gradient_step(dataset_root):
   assert float(loss(images_adv)) > float(loss(batch["image"]))
 
 
-def test_alpha_one_is_the_plain_step(dataset_root):
-  _, plain_run, batch = _run_and_batch(dataset_root)
-  config, run, _ = _run_and_batch(dataset_root, attack="pgd", alpha=1.0, pgd_num_steps=2)
-  plain_state, _ = jax.jit(plain_run.method.make_train_step(
-      plain_run.model, plain_run.tx, plain_run.config))(plain_run.state, batch, jax.random.key(1))
+def test_alpha_one_is_the_plain_step(run_and_batch):
+  run, batch = run_and_batch
+  config = _config(run, attack="pgd", alpha=1.0, pgd_num_steps=2)
+  plain_state, _ = jax.jit(run.method.make_train_step(run.model, run.tx, run.config))(
+      run.state, batch, jax.random.key(1))
   state, metrics = jax.jit(run.method.make_train_step(run.model, run.tx, config))(
       run.state, batch, jax.random.key(1))
   assert float(metrics["loss_adversarial"]) > float(metrics["loss_ce"])
@@ -55,8 +63,9 @@ def test_alpha_one_is_the_plain_step(dataset_root):
                state.params, plain_state.params)
 
 
-def test_adversarial_training_lowers_both_losses(dataset_root):
-  config, run, batch = _run_and_batch(dataset_root, attack="fgsm", epsilon=0.03)
+def test_adversarial_training_lowers_both_losses(run_and_batch):
+  run, batch = run_and_batch
+  config = _config(run, attack="fgsm", epsilon=0.03)
   step = jax.jit(run.method.make_train_step(run.model, run.tx, config))
   state, first = step(run.state, batch, jax.random.key(0))
   for i in range(1, 25):
