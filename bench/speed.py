@@ -1,0 +1,139 @@
+r"""Speed of one method's jitted train step: compile time, steps/s, images/s, GFLOP/s.
+
+Builds the run exactly as training does (``train.build_run``: the config's model, optimizer
+and method, jitted with ``parallel.compile_step`` on a one-device mesh), feeds it a fixed
+random batch, and prints one JSON line in the form of
+``shared/bench/torch_unet_step.py``, so the two can be run alternately and compared:
+
+  python bench/speed.py --method supervised --model unet --size 64 --batch 8 --width 16 \
+      --classes 4 --steps 30 --json
+  python /work/shared/bench/torch_unet_step.py --size 64 --batch 8 --width 16 --classes 4
+
+Reported: ``compile_s`` (lowering + XLA compilation of the step), ``steps_per_s`` and
+``images_per_s`` (labeled images; after 3 warm-up steps, over ``--steps`` steps, the median
+of ``--repeats`` timings), ``gflops_per_step`` (XLA's cost analysis of the compiled step) and
+``gflop_per_s``, and ``matmul_peak_gflop_per_s`` (a 2048^2 float32 product on the same
+device) with the step's fraction of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsemiseg import config as config_lib
+from jaxsemiseg import parallel, train
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--method", default="supervised")
+  parser.add_argument("--model", default="unet", choices=config_lib.MODEL_NAMES)
+  parser.add_argument("--size", type=int, default=64)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--width", type=int, default=16, help="UNet width.")
+  parser.add_argument("--backbone", default="resnet50", help="DeepLabV3+ backbone.")
+  parser.add_argument("--classes", type=int, default=4)
+  parser.add_argument("--steps", type=int, default=30)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--json", action="store_true", help="Print only the JSON line.")
+  return parser.parse_args(argv)
+
+
+def _config(args):
+  config = config_lib.base_config(args.method)
+  config.model.name = args.model
+  config.model.unet.width = args.width
+  config.model.deeplabv3plus.backbone = args.backbone
+  config.dataset.crop_size = args.size
+  config.batch_size = args.batch
+  config.unlabeled_batch_size = args.batch
+  config_lib.validate_config(config)
+  return config
+
+
+def _batch(args, num_views: int) -> dict:
+  """A random labeled batch and ``num_views`` unlabeled ones, like the input pipeline's."""
+  rng = np.random.default_rng(0)
+  shape = (args.batch, args.size, args.size)
+  batch = {"image": rng.random(shape + (3,), np.float32),
+           "label": rng.integers(0, args.classes, shape).astype(np.int32)}
+  for view in range(1, num_views + 1):
+    suffix = "" if view == 1 else str(view)
+    batch[f"image_u{suffix}"] = rng.random(shape + (3,), np.float32)
+    batch[f"valid_u{suffix}"] = np.ones(shape, bool)
+  return batch
+
+
+def matmul_peak_gflop_per_s(size: int = 2048, repeats: int = 10) -> float:
+  """GFLOP/s of a ``size``^2 float32 matrix product on the default device."""
+  a = jnp.asarray(np.random.default_rng(0).random((size, size), np.float32))
+  product = jax.jit(lambda x: x @ x)
+  product(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    product(a).block_until_ready()
+  return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def measure(args) -> dict:
+  """Compiles and times the step; returns the result line as a dict."""
+  config = _config(args)
+  mesh = parallel.make_mesh(1)
+  run = train.build_run(config, num_classes=args.classes, mesh=mesh)
+  uses_unlabeled = getattr(run.method, "USES_UNLABELED", False)
+  num_views = getattr(run.method, "NUM_UNLABELED_VIEWS", 1) if uses_unlabeled else 0
+  batch = jax.device_put(_batch(args, num_views), parallel.batch_sharding(mesh))
+  step = parallel.compile_step(run.method.make_train_step(run.model, run.tx, config), mesh)
+  rng = jax.random.key(0)
+  start = time.perf_counter()
+  compiled = step.lower(run.state, batch, rng).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+  state = run.state
+  for _ in range(3):
+    state, metrics = compiled(state, batch, rng)
+  jax.block_until_ready(metrics)
+  timings = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    timings.append(time.perf_counter() - start)
+  seconds = statistics.median(timings)
+  peak = matmul_peak_gflop_per_s()
+  gflop_per_s = flops * args.steps / seconds / 1e9
+  return {
+      "framework": "jax", "method": args.method, "model": args.model,
+      "steps_per_s": args.steps / seconds, "images_per_s": args.steps * args.batch / seconds,
+      "compile_s": round(compile_s, 2), "gflops_per_step": round(flops / 1e9, 3),
+      "gflop_per_s": round(gflop_per_s, 1), "matmul_peak_gflop_per_s": round(peak, 1),
+      "fraction_of_peak": round(gflop_per_s / peak, 3), "size": args.size,
+      "batch": args.batch, "width": args.width, "classes": args.classes,
+      "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+      "python": sys.version.split()[0]}
+
+
+def main(argv=None):
+  args = _parse(argv)
+  result = measure(args)
+  if not args.json:
+    print(f"{args.method} step: {result['steps_per_s']:.2f} steps/s, "
+          f"{result['images_per_s']:.1f} images/s, compiled in {result['compile_s']} s",
+          file=sys.stderr)
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()
