@@ -39,6 +39,8 @@ def _parse(argv):
   parser.add_argument("--size", type=int, default=64)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--width", type=int, default=16, help="UNet width.")
+  parser.add_argument("--dropout", type=float, default=0.0,
+                      help="UNet dropout rate (UA-MT's teacher needs one > 0).")
   parser.add_argument("--backbone", default="resnet50", help="DeepLabV3+ backbone.")
   parser.add_argument("--classes", type=int, default=4)
   parser.add_argument("--steps", type=int, default=30)
@@ -51,6 +53,7 @@ def _config(args):
   config = config_lib.base_config(args.method)
   config.model.name = args.model
   config.model.unet.width = args.width
+  config.model.unet.dropout_rate = args.dropout
   config.model.deeplabv3plus.backbone = args.backbone
   config.dataset.crop_size = args.size
   config.batch_size = args.batch
