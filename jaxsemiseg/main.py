@@ -16,7 +16,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxsemiseg import inference, train
+from jaxsemiseg import inference, self_training_rounds, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py), optionally with ':arg'.",
@@ -43,12 +43,19 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
   if _MODE.value == "train":
-    results = train.train_and_evaluate(config, workdir)
+    if config.method == self_training_rounds.METHOD:
+      results = self_training_rounds.train_rounds(config, workdir)
+    else:
+      results = train.train_and_evaluate(config, workdir)
     if results.get("preempted"):
       # 128 + SIGTERM, as if the signal had ended the process: schedulers requeue the job.
       raise SystemExit(143)
     _report(results)
-  elif _MODE.value == "eval":
+    return
+  if config.method == self_training_rounds.METHOD:
+    # Offline self-training's model is its last round's; eval and predict use that run.
+    config, workdir = self_training_rounds.final_round(config, workdir)
+  if _MODE.value == "eval":
     _report(inference.evaluate_checkpoint(config, workdir, step=_STEP.value))
   else:
     paths = inference.predict_folder(config, workdir)

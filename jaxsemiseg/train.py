@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +90,8 @@ def _model_config(config: ml_collections.ConfigDict,
                   num_classes: int) -> ml_collections.ConfigDict:
   name = config.model.name
   return ml_collections.ConfigDict({
-      "name": name, "dtype": config.model.dtype, "num_classes": num_classes,
+      "name": name, "dtype": config.model.dtype, "remat": config.model.remat,
+      "num_classes": num_classes,
       **config.model[name].to_dict()})
 
 
@@ -192,12 +193,14 @@ def _write_run_info(workdir: str, datasets: data_lib.Datasets) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       datasets: data_lib.Datasets | None = None) -> dict:
+                       datasets: data_lib.Datasets | None = None,
+                       on_step: Callable[[int, Any], None] | None = None) -> dict:
   """Trains ``config.method`` for ``config.num_steps`` steps, evaluating and checkpointing.
 
   ``datasets`` replaces the sources named by ``config.dataset`` (e.g. in-memory arrays
   through :func:`jaxsemiseg.data.source_from_arrays`); the split, augmentation and batch
-  settings of ``config.dataset`` still apply.
+  settings of ``config.dataset`` still apply. ``on_step(step, state)``, if given, runs
+  after every train step, before the step's checkpoint (ST++ keeps snapshots with it).
 
   Resumes from the newest readable checkpoint in ``workdir`` if there is one. A SIGTERM
   saves a checkpoint at the current step and returns ``{"step": s, "preempted": True}``;
@@ -235,7 +238,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.warning("Resumed from checkpoint %d in %s.", start_step, workdir)
     writer = MetricWriter(workdir)
     stack.callback(writer.close)
-    batches = stack.enter_context(pipeline.train_batches(
+    # A method may build its own batches from the sources (pseudo_label: two streams).
+    make_batches = getattr(run.method, "train_batches", pipeline.train_batches)
+    batches = stack.enter_context(make_batches(
         datasets.labeled, datasets.unlabeled if uses_unlabeled else None,
         batch_size=config.batch_size, unlabeled_batch_size=config.unlabeled_batch_size,
         crop_size=config.dataset.crop_size, scale_range=tuple(config.dataset.scale_range),
@@ -257,6 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for step in range(start_step + 1, config.num_steps + 1):
       batch = parallel.to_global_batch(next(batches), mesh)
       state, step_metrics = train_step(state, batch, jax.random.fold_in(base_rng, step))
+      if on_step is not None:
+        on_step(step, state)
       window.append(step_metrics)
       timed_steps += 1
       bar.update(1)

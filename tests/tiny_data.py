@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
 from PIL import Image
 
 from jaxsemiseg import config as config_lib
+from jaxsemiseg import parallel, train
 
 SIZE = 16
 NUM_CLASSES = 3
@@ -55,3 +57,23 @@ def tiny_config(root: str, **overrides):
   config.optimizer.learning_rate = 1e-2
   config.update_from_flattened_dict(overrides)
   return config
+
+
+def load_config(name: str, arg=None):
+  """``configs/<name>.py``'s ``get_config(arg)`` (the configs directory is not a package)."""
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def runs_on_one_and_four_devices(config, batch) -> dict:
+  """``{devices: (run, compiled step, batch on the mesh)}`` for 1 and 4 devices."""
+  runs = {}
+  for devices in (1, 4):
+    mesh = parallel.make_mesh(devices)
+    run = train.build_run(config, num_classes=NUM_CLASSES, mesh=mesh)
+    step = parallel.compile_step(run.method.make_train_step(run.model, run.tx, config), mesh)
+    runs[devices] = (run, step, parallel.to_global_batch(batch, mesh))
+  return runs

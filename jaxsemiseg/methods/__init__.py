@@ -5,8 +5,10 @@ config)`` and ``make_train_step(model, tx, config)`` returning a pure, un-jitted
 ``step(state, batch, rng) -> (state, metrics)``. Optional module attributes:
 ``USES_UNLABELED`` (default False: the loop then feeds labeled batches only),
 ``NUM_UNLABELED_VIEWS`` (1, or 2 for methods that mix two unlabeled batches, giving
-``image_u2``) and ``make_predict_fn(model, config)`` when evaluation differs from a single
-forward pass (ensembles, co-training).
+``image_u2``), ``make_predict_fn(model, config)`` when evaluation differs from a single
+forward pass (ensembles, co-training) and ``train_batches(labeled, unlabeled, **args)`` when
+the method builds its batches itself (``pseudo_label``: a labeled and a pseudo-labeled
+stream), in place of ``data.pipeline.train_batches`` and with its arguments.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from jaxsemiseg.methods import ensemble_self_training, ua_mt
 from jaxsemiseg.methods import fixmatch, mean_teacher, supervised, unimatch
 from jaxsemiseg.methods import cct, equivariance
 from jaxsemiseg.methods import cps, deep_cotraining
+from jaxsemiseg.methods import pseudo_label
+from jaxsemiseg.methods import pseudoseg
 
 METHODS: dict[str, types.ModuleType] = {
     "supervised": supervised,
@@ -29,6 +33,8 @@ METHODS: dict[str, types.ModuleType] = {
     "ensemble_self_training": ensemble_self_training,
     "cps": cps,
     "deep_cotraining": deep_cotraining,
+    "pseudo_label": pseudo_label,
+    "pseudoseg": pseudoseg,
 }
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
-from jaxsemiseg import methods, parallel, train
+from jaxsemiseg import methods, train
 from jaxsemiseg.augment import mixing
 from jaxsemiseg.methods import self_training
 
@@ -225,12 +225,7 @@ def method_runs(request, dataset_root):
   batch = fixed_batch(config)
   if getattr(methods.get_method(method), "NUM_UNLABELED_VIEWS", 1) == 1:
     batch = {k: v for k, v in batch.items() if not k.endswith("_u2")}
-  runs = {}
-  for devices in (1, 4):
-    mesh = parallel.make_mesh(devices)
-    run = train.build_run(config, num_classes=tiny_data.NUM_CLASSES, mesh=mesh)
-    step = parallel.compile_step(run.method.make_train_step(run.model, run.tx, config), mesh)
-    runs[devices] = (run, step, parallel.to_global_batch(batch, mesh))
+  runs = tiny_data.runs_on_one_and_four_devices(config, batch)
   return method, config, runs
 
 

@@ -6,8 +6,6 @@ self-training methods in ``test_self_training.py``.
 """
 
 import functools
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +15,8 @@ import pytest
 from jaxsemiseg import config as config_lib
 from jaxsemiseg.methods import common, unimatch
 from jaxsemiseg.models import UNet
+
+import tiny_data
 
 
 def test_channel_dropout_drops_whole_channels_and_rescales_the_rest():
@@ -70,11 +70,7 @@ def test_config_values_out_of_range_are_rejected(field, value, expected):
 
 
 def test_voc_config_has_the_papers_settings():
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "voc_unimatch.py")
-  spec = importlib.util.spec_from_file_location("voc_unimatch", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("183")
+  config = tiny_data.load_config("voc_unimatch", "183")
   config_lib.validate_config(config)
   assert (config.method, config.dataset.name, config.dataset.num_labeled) == (
       "unimatch", "voc", 183)
@@ -87,4 +83,4 @@ def test_voc_config_has_the_papers_settings():
   # 80 epochs of the 10582 - 183 unlabeled images, 8 per step.
   assert config.num_steps == 80 * ((10582 - 183) // 8)
   with pytest.raises(ValueError, match="labeled images"):
-    module.get_config("0")
+    tiny_data.load_config("voc_unimatch", "0")
