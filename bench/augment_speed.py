@@ -18,10 +18,8 @@ the ratios is printed and appended to ``--output``.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import sys
 import time
 
 import jax
@@ -32,8 +30,7 @@ from absl import app, flags
 from jaxsemiseg import losses, models
 from jaxsemiseg.augment import mixing, photometric, policies
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import accuracy  # pylint: disable=g-import-not-at-top,wrong-import-position
+import _records  # pylint: disable=g-bad-import-order
 
 _BATCH = flags.DEFINE_integer("batch", 16, "Images per batch.")
 _SIZE = flags.DEFINE_integer("size", 321, "Crop side in pixels.")
@@ -105,18 +102,12 @@ def main(argv):
   }
   variables, step = _deeplab_step()
   seconds["train_step"] = _median_seconds(step, variables, images, labels, key)
-  result = {
+  _records.write_record({
       "batch": batch, "size": size, "repeats": _REPEATS.value,
       **{f"{name}_s": round(value, 5) for name, value in seconds.items()},
       "strong_view_ratio": round(seconds["strong_view"] / seconds["train_step"], 4),
       "autoaugment_ratio": round(seconds["autoaugment"] / seconds["train_step"], 4),
-      "machine": accuracy.machine_description(), "jax": jax.__version__,
-      "python": sys.version.split()[0],
-      "command": "python bench/augment_speed.py " + " ".join(sys.argv[1:]),
-  }
-  print(json.dumps(result), flush=True)
-  with open(_OUTPUT.value, "a", encoding="utf-8") as f:
-    f.write(json.dumps(result) + "\n")
+  }, _OUTPUT.value, script="bench/augment_speed.py")
 
 
 if __name__ == "__main__":

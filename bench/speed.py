@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsemiseg import config as config_lib
-from jaxsemiseg import parallel, train
+from jaxsemiseg import parallel
+
+import _step_builder  # pylint: disable=g-bad-import-order
 
 
 def _parse(argv):
@@ -49,32 +51,6 @@ def _parse(argv):
   return parser.parse_args(argv)
 
 
-def _config(args):
-  config = config_lib.base_config(args.method)
-  config.model.name = args.model
-  config.model.unet.width = args.width
-  config.model.unet.dropout_rate = args.dropout
-  config.model.deeplabv3plus.backbone = args.backbone
-  config.dataset.crop_size = args.size
-  config.batch_size = args.batch
-  config.unlabeled_batch_size = args.batch
-  config_lib.validate_config(config)
-  return config
-
-
-def _batch(args, num_views: int) -> dict:
-  """A random labeled batch and ``num_views`` unlabeled ones, like the input pipeline's."""
-  rng = np.random.default_rng(0)
-  shape = (args.batch, args.size, args.size)
-  batch = {"image": rng.random(shape + (3,), np.float32),
-           "label": rng.integers(0, args.classes, shape).astype(np.int32)}
-  for view in range(1, num_views + 1):
-    suffix = "" if view == 1 else str(view)
-    batch[f"image_u{suffix}"] = rng.random(shape + (3,), np.float32)
-    batch[f"valid_u{suffix}"] = np.ones(shape, bool)
-  return batch
-
-
 def matmul_peak_gflop_per_s(size: int = 2048, repeats: int = 10) -> float:
   """GFLOP/s of a ``size``^2 float32 matrix product on the default device."""
   a = jnp.asarray(np.random.default_rng(0).random((size, size), np.float32))
@@ -88,20 +64,20 @@ def matmul_peak_gflop_per_s(size: int = 2048, repeats: int = 10) -> float:
 
 def measure(args) -> dict:
   """Compiles and times the step; returns the result line as a dict."""
-  config = _config(args)
+  config = _step_builder.make_config(
+      method=args.method, model=args.model, size=args.size, batch=args.batch,
+      width=args.width, dropout=args.dropout, backbone=args.backbone)
   mesh = parallel.make_mesh(1)
-  run = train.build_run(config, num_classes=args.classes, mesh=mesh)
-  uses_unlabeled = getattr(run.method, "USES_UNLABELED", False)
-  num_views = getattr(run.method, "NUM_UNLABELED_VIEWS", 1) if uses_unlabeled else 0
-  batch = jax.device_put(_batch(args, num_views), parallel.batch_sharding(mesh))
-  step = parallel.compile_step(run.method.make_train_step(run.model, run.tx, config), mesh)
+  run, step = _step_builder.build(config, num_classes=args.classes, mesh=mesh)
+  batch = jax.device_put(
+      _step_builder.random_batch(0, config, num_classes=args.classes,
+                                 num_views=_step_builder.num_unlabeled_views(run.method)),
+      parallel.batch_sharding(mesh))
   rng = jax.random.key(0)
   start = time.perf_counter()
   compiled = step.lower(run.state, batch, rng).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  flops = _step_builder.step_flops(compiled)
 
   state = run.state
   for _ in range(3):

@@ -1,17 +1,22 @@
-r"""``jax.vmap`` against sequential calls: ensemble train steps and MC Dropout inference.
+r"""One jit over stacked members against sequential calls: ensemble steps, MC Dropout.
 
-Two measurements on the default device, each the compiled vmapped computation against the
-same single-model computation compiled once and called once per member or pass:
+Two measurements on the default device, each a compiled computation over all members or
+passes against the same single-model computation compiled once and called once per member
+or pass:
 
   ensemble_step  K (``--members``) differently initialised models, one supervised train
-                 step each (forward, backward, optimizer update; labeled CE): ``jax.vmap``
-                 of the step over the stacked states in one jit (what
-                 ``methods.ensemble_self_training`` runs), against the jitted single-model
-                 step called K times in a row;
+                 step each (forward, backward, optimizer update; labeled CE), over the
+                 stacked states in one jit with ``stacked.stacked_map`` (what
+                 ``methods.ensemble_self_training`` runs) in both its forms: ``"vmap"``
+                 (``jax.vmap``, the GPU/TPU default) and ``"loop"`` (unrolled, the CPU
+                 default), against the jitted single-model step called K times in a row;
+                 the compile time of each form is reported too;
   mc_dropout     T (``--samples``) MC Dropout passes, ``uncertainty.mc_dropout`` (one vmap
                  over dropout keys), against the jitted stochastic forward called T times.
 
-Issue #4's target: the vmapped version no slower (ratio = vmapped / sequential <= 1).
+Issue #4's target: one jit over the members no slower than sequential calls (ratio =
+stacked / sequential <= 1): ``ensemble_step_ratio`` for the vmap, ``ensemble_step_loop_ratio``
+for the loop, ``mc_dropout_ratio``.
 Default: UNet-S (width 16, dropout 0.5 so the passes differ) at 64x64, batch 8, the bundled
 dataset's class count. Each time is the median of ``--repeats`` timed calls after one
 warm-up call; the JSON line is printed and appended to ``--output``.
@@ -22,10 +27,8 @@ warm-up call; the JSON line is printed and appended to ``--output``.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
@@ -34,12 +37,11 @@ import optax
 from absl import app, flags
 
 from jaxsemiseg import config as config_lib
-from jaxsemiseg import models, uncertainty
+from jaxsemiseg import models, stacked, uncertainty
 from jaxsemiseg.data import bundled
 from jaxsemiseg.methods import supervised
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import accuracy  # pylint: disable=g-import-not-at-top,wrong-import-position
+import _records  # pylint: disable=g-bad-import-order
 
 _MEMBERS = flags.DEFINE_integer("members", 4, "Ensemble members K.")
 _SAMPLES = flags.DEFINE_integer("samples", 8, "MC Dropout passes T.")
@@ -77,23 +79,36 @@ def _median_seconds(fn: Callable[[], Any]) -> float:
   return statistics.median(times)
 
 
-def ensemble_step_seconds(model, batch: dict) -> tuple[float, float]:
-  """``(vmapped, sequential)`` seconds of one train step of every member."""
+def ensemble_step_seconds(model, batch: dict) -> dict[str, float]:
+  """Seconds of one train step of every member, by how the members run.
+
+  Returns:
+    ``"vmap"`` and ``"loop"`` (``stacked.stacked_map``'s forms) and ``"sequential"`` (one
+    jitted single-member step per member), and the compile times ``"vmap_compile"`` and
+    ``"loop_compile"``.
+  """
   config = config_lib.base_config()
   tx = optax.sgd(1e-3, momentum=0.9)
   keys = jax.random.split(jax.random.key(0), _MEMBERS.value)
-  stacked = jax.jit(jax.vmap(lambda key: supervised.init_state(key, model, tx, batch,
-                                                               config)))(keys)
+  states = jax.jit(jax.vmap(lambda key: supervised.init_state(key, model, tx, batch,
+                                                              config)))(keys)
   step = supervised.make_train_step(model, tx, config)
-  vmapped = jax.jit(jax.vmap(step, in_axes=(0, None, 0)))
+  seconds = {}
+  for member_map in ("vmap", "loop"):
+    start = time.perf_counter()
+    compiled = jax.jit(lambda s, b, k, member_map=member_map: stacked.stacked_map(
+        step, s, b, k, in_axes=(0, None, 0), member_map=member_map)).lower(
+            states, batch, keys).compile()
+    seconds[f"{member_map}_compile"] = time.perf_counter() - start
+    seconds[member_map] = _median_seconds(lambda c=compiled: c(states, batch, keys))
   single = jax.jit(step)
-  members = [jax.tree.map(lambda x, k=k: x[k], stacked) for k in range(_MEMBERS.value)]
+  members = [stacked.member(states, k) for k in range(_MEMBERS.value)]
 
   def sequential():
     return [single(member, batch, key) for member, key in zip(members, keys)]
 
-  return (_median_seconds(lambda: vmapped(stacked, batch, keys)),
-          _median_seconds(sequential))
+  seconds["sequential"] = _median_seconds(sequential)
+  return seconds
 
 
 def mc_dropout_seconds(model, images: jax.Array) -> tuple[float, float]:
@@ -118,27 +133,21 @@ def main(argv):
   shape = (_BATCH.value, _SIZE.value, _SIZE.value)
   batch = {"image": jax.random.uniform(image_key, shape + (3,)),
            "label": jax.random.randint(label_key, shape, 0, bundled.NUM_CLASSES)}
-  ensemble_vmap, ensemble_sequential = ensemble_step_seconds(model, batch)
+  ensemble = ensemble_step_seconds(model, batch)
   mc_vmap, mc_sequential = mc_dropout_seconds(model, batch["image"])
   model_name = (f"unet(width={_WIDTH.value})" if _MODEL.value == "unet"
                 else f"deeplabv3plus({_BACKBONE.value})")
-  result = {
+  _records.write_record({
       "model": model_name, "dropout": _DROPOUT.value, "batch": _BATCH.value,
       "size": _SIZE.value, "members": _MEMBERS.value, "samples": _SAMPLES.value,
       "repeats": _REPEATS.value,
-      "ensemble_step_vmap_s": round(ensemble_vmap, 5),
-      "ensemble_step_sequential_s": round(ensemble_sequential, 5),
-      "ensemble_step_ratio": round(ensemble_vmap / ensemble_sequential, 4),
+      **{f"ensemble_step_{name}_s": round(value, 5) for name, value in ensemble.items()},
+      "ensemble_step_ratio": round(ensemble["vmap"] / ensemble["sequential"], 4),
+      "ensemble_step_loop_ratio": round(ensemble["loop"] / ensemble["sequential"], 4),
       "mc_dropout_vmap_s": round(mc_vmap, 5),
       "mc_dropout_sequential_s": round(mc_sequential, 5),
       "mc_dropout_ratio": round(mc_vmap / mc_sequential, 4),
-      "machine": accuracy.machine_description(), "jax": jax.__version__,
-      "python": sys.version.split()[0],
-      "command": "python bench/vmap_speed.py " + " ".join(sys.argv[1:]),
-  }
-  print(json.dumps(result), flush=True)
-  with open(_OUTPUT.value, "a", encoding="utf-8") as f:
-    f.write(json.dumps(result) + "\n")
+  }, _OUTPUT.value, script="bench/vmap_speed.py")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Stochastic predictors return the class probabilities of every pass, ``[T, B, H, 
   - ``mc_batchnorm``: T passes, each normalising with the BatchNorm statistics of its own
     training batch (Teye et al., ICML 2018).
   - ``ensemble_predict``: one pass per member of a stacked-params ensemble (the
-    ``jax.vmap(init)(keys)`` layout), one ``jax.vmap`` over the members.
+    ``jax.vmap(init)(keys)`` layout), ``stacked.stacked_map`` over the members (one
+    ``jax.vmap`` on GPU/TPU, an unrolled loop on CPU).
 
 Maps reduce ``[T, ..., C]`` samples to ``[...]`` (``shared/reference/METHODS.md`` 13):
 predictive entropy ``H[p_mean]``, expected entropy ``mean_t H[p_t]``, mutual information
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsemiseg import losses
+from jaxsemiseg import losses, stacked
 
 IGNORE_INDEX = 255
 
@@ -113,19 +114,9 @@ def mc_dropout(key: jax.Array, apply_fn: StochasticApplyFn, variables: Variables
   return _probabilities(logits)
 
 
-def _check_stacked(stacked: Any, *, name: str) -> None:
-  """Raises ValueError unless every leaf of ``stacked`` has the same leading size."""
-  sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(stacked)}
-  if len(sizes) != 1 or None in sizes:
-    raise ValueError(
-        f"{name}: every leaf needs the same leading (member/sample) axis; got leading "
-        f"sizes {sorted(sizes, key=str)}. Stack members with jax.vmap(init)(keys) or "
-        "jax.tree.map(lambda *x: jnp.stack(x), *members).")
-
-
 def ensemble_predict(apply_fn: ApplyFn, stacked_variables: Variables,
-                     images: jax.Array) -> jax.Array:
-  """Class probabilities of every member of a stacked ensemble, vmapped over members.
+                     images: jax.Array, *, member_map: str = "auto") -> jax.Array:
+  """Class probabilities of every member of a stacked ensemble, one pass per member.
 
   Args:
     apply_fn: ``apply_fn(variables, images) -> logits [B, H, W, C]``, deterministic,
@@ -133,16 +124,19 @@ def ensemble_predict(apply_fn: ApplyFn, stacked_variables: Variables,
     stacked_variables: the members' variables stacked on a leading axis K, as returned
       by ``jax.vmap(model.init)(keys, ...)``.
     images: ``[B, H, W, 3]`` float images in [0, 1], shared by all members.
+    member_map: how the members run, ``stacked.stacked_map``'s ``member_map``: one
+      ``jax.vmap`` (GPU/TPU) or an unrolled loop, faster on XLA:CPU (``"auto"`` picks).
 
   Returns:
     float32 probabilities ``[K, B, H, W, C]``; average over axis 0 for the ensemble's
     prediction, or pass them to the uncertainty maps.
 
   Raises:
-    ValueError: if the leaves of ``stacked_variables`` do not share a leading axis.
+    ValueError: if the leaves of ``stacked_variables`` do not share a leading axis, or
+      ``member_map`` is not one of ``stacked.MEMBER_MAPS``.
   """
-  _check_stacked(stacked_variables, name="ensemble_predict stacked_variables")
-  logits = jax.vmap(apply_fn, in_axes=(0, None))(stacked_variables, images)
+  logits = stacked.stacked_map(apply_fn, stacked_variables, images, in_axes=(0, None),
+                               member_map=member_map)
   return _probabilities(logits)
 
 

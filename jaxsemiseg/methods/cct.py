@@ -18,7 +18,9 @@ input size); in CCT the main decoder is likewise a thin upsampling head. Per ste
    sigmoid_rampup(t, rampup_steps)`` with ``t`` the updates done before this one.
 
 The K heads are stacked parameters (``jax.vmap`` of the head's init over K keys, so they
-start different) run in one ``jax.vmap``; they live in ``state.extras["aux_heads"]`` with
+start different) run in one ``stacked.stacked_map``: one ``jax.vmap`` on GPU/TPU, an
+unrolled loop on CPU, where XLA runs the vmapped (grouped) convolutions slowly
+(``config.member_map`` forces either); they live in ``state.extras["aux_heads"]`` with
 their own optimizer state ``state.extras["aux_opt_state"]`` (the same ``tx``, so the same
 learning rate as the head), keeping ``state.params`` the plain model that evaluation,
 checkpoint conversion and prediction expect. Evaluation uses the main decoder alone.
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxsemiseg import losses
+from jaxsemiseg import losses, stacked
 from jaxsemiseg.methods import cct_perturbations, common, supervised
 from jaxsemiseg.state import TrainState
 
@@ -165,7 +167,7 @@ def _take(tree: Any, start: int, stop: int) -> Any:
 
 def perturbed_features(key: jax.Array, features: jax.Array, predicted: jax.Array,
                        head: HeadFn, heads: Any, settings: ml_collections.ConfigDict, *,
-                       num_classes: int) -> jax.Array:
+                       num_classes: int, member_map: str = "auto") -> jax.Array:
   """Every auxiliary head's input: ``[K, B, h, w, F]``, in ``PERTURBATIONS`` order.
 
   Args:
@@ -176,6 +178,7 @@ def perturbed_features(key: jax.Array, features: jax.Array, predicted: jax.Array
     heads: the stacked head parameters.
     settings: ``config.cct``.
     num_classes: C.
+    member_map: how the VAT heads run (``stacked.stacked_map``).
 
   Returns:
     The K perturbed copies of ``features``.
@@ -205,7 +208,8 @@ def perturbed_features(key: jax.Array, features: jax.Array, predicted: jax.Array
       continue
     keys = jax.random.split(name_key, count)
     if name == "vat":
-      copies.append(jax.vmap(vat)(keys, _take(heads, offset, offset + count)))
+      copies.append(stacked.stacked_map(vat, keys, _take(heads, offset, offset + count),
+                                        member_map=member_map))
     else:
       copies.append(jax.vmap(perturb[name], in_axes=(0, None))(keys, features))
     offset += count
@@ -214,7 +218,8 @@ def perturbed_features(key: jax.Array, features: jax.Array, predicted: jax.Array
 
 def consistency_loss(key: jax.Array, head: HeadFn, heads: Any, features: jax.Array,
                      main_logits: jax.Array, valid: jax.Array,
-                     settings: ml_collections.ConfigDict) -> jax.Array:
+                     settings: ml_collections.ConfigDict, *,
+                     member_map: str = "auto") -> jax.Array:
   """``(1/K) sum_k MSE(softmax(head_k(perturb_k(z))), sg softmax(main))``.
 
   Each MSE is ``losses.probability_mse`` over the ``valid`` pixels and all classes (the
@@ -229,6 +234,7 @@ def consistency_loss(key: jax.Array, head: HeadFn, heads: Any, features: jax.Arr
     main_logits: ``[B, H, W, C]`` main-decoder logits of the same images.
     valid: bool ``[B, H, W]`` real (not padded) pixels.
     settings: ``config.cct``.
+    member_map: how the heads run (``stacked.stacked_map``).
 
   Returns:
     The scalar consistency loss.
@@ -237,8 +243,8 @@ def consistency_loss(key: jax.Array, head: HeadFn, heads: Any, features: jax.Arr
   target = jax.nn.softmax(main_logits.astype(jnp.float32), axis=-1)
   predicted = jnp.where(valid, jnp.argmax(main_logits, axis=-1), 0)
   inputs = perturbed_features(key, features, predicted, head, heads, settings,
-                              num_classes=main_logits.shape[-1])
-  aux_logits = jax.vmap(head)(heads, inputs)
+                              num_classes=main_logits.shape[-1], member_map=member_map)
+  aux_logits = stacked.stacked_map(head, heads, inputs, member_map=member_map)
 
   def head_mse(logits: jax.Array) -> jax.Array:
     return losses.probability_mse(jax.nn.softmax(logits, axis=-1), target, mask=valid)[0]
@@ -271,7 +277,8 @@ def make_train_step(model, tx: optax.GradientTransformation,
       outputs_u, batch_stats = common.forward(model, params, batch_stats, batch["image_u"],
                                               train=True, rng=unlabeled_rng)
       consistency = consistency_loss(perturbation_rng, head, heads, outputs_u["features"],
-                                     outputs_u["logits"], batch["valid_u"], settings)
+                                     outputs_u["logits"], batch["valid_u"], settings,
+                                     member_map=config.member_map)
       metrics = {**terms, "loss_x": loss_x, "loss_consistency": consistency,
                  "consistency_weight": weight}
       return loss_x + weight * consistency, (batch_stats, metrics)

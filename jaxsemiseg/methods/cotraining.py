@@ -1,4 +1,4 @@
-"""What the co-training methods share: N members stacked in one state, one vmapped pass.
+"""What the co-training methods share: N members stacked in one state, one pass for all.
 
 CPS and Deep Co-Training (METHODS.md 3 and 5) train N networks of one architecture from
 different initialisations, each with its own optimizer. Here the members are one pytree
@@ -11,9 +11,11 @@ the ordinary ``TrainState`` fields, not in ``extras``:
   separate optimizers), updated by ``jax.vmap(tx.update)``.
 
 So the loop's checkpointing, finiteness checks and gradient norm cover every member
-without special cases, and a member's forward pass is one ``jax.vmap`` over the member
-axis. A method's loss is the sum of its members' losses: with separate optimizer states,
-each member's update then follows the gradient of the terms its own parameters enter.
+without special cases, and the members' forward passes are one ``stacked.stacked_map``
+over the member axis: one ``jax.vmap`` on GPU/TPU, an unrolled loop on CPU, where XLA
+runs the vmapped (grouped) convolutions slowly; ``config.member_map`` forces either. A
+method's loss is the sum of its members' losses: with separate optimizer states, each
+member's update then follows the gradient of the terms its own parameters enter.
 
 Evaluation: the loop evaluates ``make_predict_fn``, the mean of the members' eval-mode
 probabilities. ``member_predict_fn(model, i)`` predicts with member i alone, and
@@ -35,7 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxsemiseg import uncertainty
+from jaxsemiseg import stacked, uncertainty
 from jaxsemiseg import evaluate as evaluate_lib
 from jaxsemiseg.methods import common
 from jaxsemiseg.state import TrainState
@@ -91,15 +93,13 @@ def num_members_of(params: Any) -> int:
   return jax.tree.leaves(params)[0].shape[0]
 
 
-def member(stacked: Any, index: int) -> Any:
-  """Member ``index`` of a stacked pytree (params, batch_stats, outputs)."""
-  return jax.tree.map(lambda leaf: leaf[index], stacked)
+member = stacked.member
 
 
 def forward_members(model, params: Any, batch_stats: Any, images: jax.Array, *, train: bool,
-                    rng: jax.Array | None = None,
-                    images_per_member: bool = False) -> tuple[dict, Any]:
-  """``common.forward`` of every member in one ``jax.vmap`` over the member axis.
+                    rng: jax.Array | None = None, images_per_member: bool = False,
+                    member_map: str = "auto") -> tuple[dict, Any]:
+  """``common.forward`` of every member, ``stacked.stacked_map`` over the member axis.
 
   Args:
     model: the segmentation model.
@@ -110,6 +110,7 @@ def forward_members(model, params: Any, batch_stats: Any, images: jax.Array, *, 
     train: train mode (BatchNorm batch statistics, dropout on).
     rng: dropout key, split into one key per member; None runs without one.
     images_per_member: whether ``images`` has a leading member axis.
+    member_map: ``stacked.stacked_map``'s ``"vmap"``, ``"loop"`` or ``"auto"``.
 
   Returns:
     ``(outputs, batch_stats)``: the model's output dict with every entry ``[N, ...]``
@@ -122,17 +123,19 @@ def forward_members(model, params: Any, batch_stats: Any, images: jax.Array, *, 
     return common.forward(model, member_params, member_stats, member_images, train=train,
                           rng=key)
 
-  return jax.vmap(one, in_axes=(0, 0, 0 if images_per_member else None, 0))(
-      params, batch_stats, images, keys)
+  return stacked.stacked_map(one, params, batch_stats, images, keys,
+                             in_axes=(0, 0, 0 if images_per_member else None, 0),
+                             member_map=member_map)
 
 
-def member_probabilities(model, params: Any, batch_stats: Any,
-                         images: jax.Array) -> jax.Array:
-  """Eval-mode probabilities ``[N, B, H, W, C]`` of every member, one vmap over members."""
+def member_probabilities(model, params: Any, batch_stats: Any, images: jax.Array, *,
+                         member_map: str = "auto") -> jax.Array:
+  """Eval-mode probabilities ``[N, B, H, W, C]`` of every member (``ensemble_predict``)."""
   variables = {"params": params}
   if batch_stats:
     variables["batch_stats"] = batch_stats
-  return uncertainty.ensemble_predict(uncertainty.make_apply_fn(model), variables, images)
+  return uncertainty.ensemble_predict(uncertainty.make_apply_fn(model), variables, images,
+                                      member_map=member_map)
 
 
 def apply_member_gradients(state: TrainState, tx: optax.GradientTransformation,
@@ -160,11 +163,14 @@ def apply_member_gradients(state: TrainState, tx: optax.GradientTransformation,
 
 
 def make_predict_fn(model, config: ml_collections.ConfigDict) -> Callable:
-  """``predict(state, images) -> [B, H, W, C]``: the mean of the members' probabilities."""
-  del config
+  """``predict(state, images) -> [B, H, W, C]``: the mean of the members' probabilities.
+
+  The members run as ``config.member_map`` says (``stacked.stacked_map``).
+  """
 
   def predict(state: TrainState, images: jax.Array) -> jax.Array:
-    return member_probabilities(model, state.params, state.batch_stats, images).mean(axis=0)
+    return member_probabilities(model, state.params, state.batch_stats, images,
+                                member_map=config.member_map).mean(axis=0)
 
   return predict
 

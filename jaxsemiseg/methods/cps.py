@@ -87,7 +87,8 @@ def box_masks(key: jax.Array, batch_size: int, size: tuple[int, int], *,
 
 def mixed_pseudo_labels(model, params: Any, batch_stats: Any, images: jax.Array,
                         partner_images: jax.Array, masks: jax.Array, *,
-                        rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+                        rng: jax.Array | None = None,
+                        member_map: str = "auto") -> tuple[jax.Array, Any]:
   """Each net's hard labels of the mixed images, from its predictions of the un-mixed ones.
 
   Args:
@@ -98,6 +99,7 @@ def mixed_pseudo_labels(model, params: Any, batch_stats: Any, images: jax.Array,
     partner_images: ``[B, H, W, 3]`` unlabeled batch B.
     masks: bool ``[B, H, W]``; True where the mixed image shows B.
     rng: dropout key of the train-mode pass.
+    member_map: how the nets run (``cotraining.forward_members``).
 
   Returns:
     ``(labels, batch_stats)``: int32 ``[N, B, H, W]`` pseudo-labels of every net, carrying
@@ -105,7 +107,7 @@ def mixed_pseudo_labels(model, params: Any, batch_stats: Any, images: jax.Array,
   """
   outputs, batch_stats = cotraining.forward_members(
       model, params, batch_stats, jnp.concatenate([images, partner_images]), train=True,
-      rng=rng)
+      rng=rng, member_map=member_map)
   logits = jax.lax.stop_gradient(outputs["logits"])
   own, partner = jnp.split(logits, 2, axis=1)
   mixed = mixing.mix(jnp.broadcast_to(masks, own.shape[:-1]), own, partner)
@@ -150,13 +152,15 @@ def make_train_step(model, tx: optax.GradientTransformation,
     mixed_valid = mixing.mix(masks, batch["valid_u"], batch["valid_u2"])
     pseudo_labels, batch_stats = mixed_pseudo_labels(
         model, state.params, state.batch_stats, images_u, batch["image_u2"], masks,
-        rng=teacher_rng)
+        rng=teacher_rng, member_map=config.member_map)
 
     def loss_fn(params: Any):
       labeled, new_stats = cotraining.forward_members(
-          model, params, batch_stats, batch["image"], train=True, rng=labeled_rng)
+          model, params, batch_stats, batch["image"], train=True, rng=labeled_rng,
+          member_map=config.member_map)
       mixed, new_stats = cotraining.forward_members(
-          model, params, new_stats, mixed_images, train=True, rng=mixed_rng)
+          model, params, new_stats, mixed_images, train=True, rng=mixed_rng,
+          member_map=config.member_map)
       loss_x, terms = jax.vmap(
           lambda z: common.supervised_loss(z, batch["label"], config.loss))(labeled["logits"])
       loss_cps = cross_supervision_losses(mixed["logits"], pseudo_labels, mixed_valid).sum()

@@ -19,6 +19,12 @@ N networks with different initialisations and their own optimizer states, stacke
 4. ``L = sum_i CE_i + ramp(t) * (cot_weight * L_cot + adv_weight * L_adv)``, with the
    sigmoid ramp over ``rampup_steps``.
 
+How it runs (``config.member_map``, see ``jaxsemiseg.stacked``): on GPU/TPU the nets'
+forward pass is one ``jax.vmap`` over the stacked nets and the pairs are a ``lax.map``
+whose ``lax.cond`` runs only the attack each coin chose. On CPU the nets run in an
+unrolled loop and so do the pairs, each computing both attacks and selecting one: XLA:CPU
+runs vmapped convolutions, and backward convolutions inside a loop or a ``cond``, slowly.
+
 Deviations from the reference:
 - The reference back-propagates and steps the supervised, co-training and adversarial
   terms as three separate optimizer updates per iteration; this step fuses them into one
@@ -45,7 +51,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxsemiseg import losses
+from jaxsemiseg import losses, stacked
 from jaxsemiseg.augment import adversarial
 from jaxsemiseg.methods import common, cotraining
 from jaxsemiseg.state import TrainState
@@ -225,22 +231,33 @@ def make_train_step(model, tx: optax.GradientTransformation,
     def loss_fn(params: Any):
       outputs, batch_stats = cotraining.forward_members(
           model, params, state.batch_stats, jnp.concatenate([batch["image"], batch["image_u"]]),
-          train=True, rng=dropout_rng)
+          train=True, rng=dropout_rng, member_map=config.member_map)
       logits = outputs["logits"]
       loss_x, terms = jax.vmap(lambda z, y: common.supervised_loss(z, y, config.loss))(
           logits[:, :num_labeled], member_labels)
       probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
       loss_cot, _ = losses.jensen_shannon(probs[:, num_labeled:], mask=batch["valid_u"])
 
-      def pair_term(pair: tuple[jax.Array, ...]) -> jax.Array:
-        attacker, judge, key, labeled = pair
+      def pair_term(attacker: int | jax.Array, judge: int | jax.Array, key: jax.Array,
+                    labeled: bool | jax.Array) -> jax.Array:
         return view_difference(model, config, params, state.batch_stats, batch, probs, key,
                                attacker=attacker, judge=judge, use_labeled=labeled)
 
-      # A loop, not a vmap: each pair runs only the attack its coin chose, and the
-      # compiled step holds one copy of the two branches whatever the number of pairs.
-      loss_adv = jax.lax.map(pair_term, (attackers, judges, jax.random.split(
-          adversarial_rng, len(pairs)), use_labeled)).mean()
+      keys = jax.random.split(adversarial_rng, len(pairs))
+      if stacked.resolve_member_map(config.member_map) == "loop":
+        # XLA:CPU: a lax.cond branch, like a loop body, is a computation of its own whose
+        # backward-pass convolutions miss the fast kernels (see jaxsemiseg.stacked), so
+        # here the pairs are unrolled and each runs both attacks, its coin picking one:
+        # twice the attack work, still ~2x faster than the loop of conds on CPU.
+        loss_adv = jnp.mean(jnp.stack([
+            jnp.where(labeled, pair_term(attacker, judge, key, True),
+                      pair_term(attacker, judge, key, False))
+            for (attacker, judge), key, labeled in zip(pairs, keys, use_labeled)]))
+      else:
+        # A loop, not a vmap: each pair runs only the attack its coin chose, and the
+        # compiled step holds one copy of the two branches whatever the number of pairs.
+        loss_adv = jax.lax.map(lambda pair: pair_term(*pair),
+                               (attackers, judges, keys, use_labeled)).mean()
       metrics = {**{name: value.sum() for name, value in terms.items()},
                  "loss_x": loss_x.sum(), "loss_cot": loss_cot, "loss_adv": loss_adv,
                  "cot_weight": cot_weight, "adv_weight": adv_weight}

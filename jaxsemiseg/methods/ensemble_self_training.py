@@ -7,7 +7,7 @@ are stacked as co-training stacks its members (``cotraining.init_members``: ever
 ``state.step`` is shared). Per step:
 
 1. Every member predicts the weak views of both unlabeled batches in eval mode (BatchNorm
-   running statistics, no dropout), one ``vmap`` over members
+   running statistics, no dropout), in one pass over the members
    (``uncertainty.ensemble_predict``). The pseudo-label is the argmax of the mean
    probability ``p_mean``; the ``filter`` keeps a pixel when
      - ``"confidence"``: ``max_c p_mean,c >= threshold``;
@@ -15,14 +15,19 @@ are stacked as co-training stacks its members (``cotraining.init_members``: ever
      - ``"mutual_information"``: ``H[p_mean] - mean_k H[p_k] <= max_mutual_information``
        (BALD: the members' disagreement only, so pixels where all members agree on an
        uncertain prediction are kept).
-2. Each member, in one ``vmap`` over members with its own key (``jax.random.split(rng,
+2. Each member, in one pass over the members with its own key (``jax.random.split(rng,
    K)[k]``), draws its own strong view: FixMatch's, a strong colour view of ``image_u``
    with a CutMix box (probability ``cutmix_p``) of a strong view of ``image_u2``, whose
    pixels take ``image_u2``'s pseudo-labels. Its loss is the library's FixMatch objective
    ``(L_x + L_u) / 2``: ``L_x`` the labeled loss on the labeled batch (with ``bootstrap``,
    on a resample of it with replacement) and ``L_u = sum CE [kept] [valid] / #valid``.
    Labeled images and strong view go through the member in one train-mode batch.
-3. Each member's optimizer update (``tx.update`` under the same ``vmap``).
+3. Each member's optimizer update (``tx.update`` in the same pass).
+
+A pass over the members is ``stacked.stacked_map``: the "K members trained in one jitted
+step with ``jax.vmap`` over stacked params" of issue #4 on GPU/TPU, an unrolled loop on
+CPU, where XLA runs the vmapped (grouped) convolutions slowly; ``config.member_map``
+forces either.
 
 ``bootstrap`` resamples each batch afresh at every step, so over a run every member sees
 every labeled image equally often in expectation: it adds per-member gradient noise, not
@@ -44,7 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxsemiseg import uncertainty
+from jaxsemiseg import stacked, uncertainty
 from jaxsemiseg.augment import mixing
 from jaxsemiseg.methods import common, cotraining, self_training
 from jaxsemiseg.state import TrainState
@@ -144,8 +149,8 @@ def filter_threshold(settings: ml_collections.ConfigDict) -> float:
 
 
 def ensemble_pseudo_labels(model, params: Any, batch_stats: Any, images: jax.Array,
-                           valid: jax.Array, *, measure: str,
-                           threshold: float) -> self_training.PseudoLabels:
+                           valid: jax.Array, *, measure: str, threshold: float,
+                           member_map: str = "auto") -> self_training.PseudoLabels:
   """Pseudo-labels of a stacked ensemble: argmax of the mean and the filter's verdict.
 
   Args:
@@ -156,13 +161,15 @@ def ensemble_pseudo_labels(model, params: Any, batch_stats: Any, images: jax.Arr
     valid: bool ``[B, H, W]`` mask of real (not padded) pixels.
     measure: the filter, one of FILTERS (see ``kept_pixels``).
     threshold: its threshold.
+    member_map: how the members run (``stacked.stacked_map``).
 
   Returns:
     ``PseudoLabels`` whose ``confidence`` is ``KEPT`` (1.0) where the filter keeps a pixel
     and 0.0 elsewhere; no gradient flows through them.
   """
   samples = jax.lax.stop_gradient(
-      cotraining.member_probabilities(model, params, batch_stats, images))
+      cotraining.member_probabilities(model, params, batch_stats, images,
+                                      member_map=member_map))
   keep = kept_pixels(samples, measure=measure, threshold=threshold)
   return self_training.PseudoLabels(
       labels=jnp.argmax(samples.mean(axis=0), axis=-1).astype(jnp.int32),
@@ -176,7 +183,7 @@ def make_member_step(model, tx: optax.GradientTransformation,
   One member's update, unstacked: ``member`` is a ``TrainState`` of one member,
   ``pseudo`` and ``partner`` the ensemble's pseudo-labels of ``image_u`` and ``image_u2``
   (``ensemble_pseudo_labels``), and ``key`` the member's key. The ensemble step is this
-  function under ``jax.vmap`` over members. Metrics: ``loss``, ``loss_x`` (with the
+  function under ``stacked.stacked_map`` over members. Metrics: ``loss``, ``loss_x`` (with the
   labeled terms such as ``loss_ce``), ``loss_u`` and ``grad_norm``.
   """
   settings = config.ensemble_self_training
@@ -229,7 +236,8 @@ def make_train_step(model, tx: optax.GradientTransformation,
         model, state.params, state.batch_stats,
         jnp.concatenate([batch["image_u"], batch["image_u2"]]),
         jnp.concatenate([batch["valid_u"], batch["valid_u2"]]),
-        measure=settings.filter, threshold=filter_threshold(settings))
+        measure=settings.filter, threshold=filter_threshold(settings),
+        member_map=config.member_map)
     pseudo = jax.tree.map(lambda x: x[:num_unlabeled], both)
     partner = jax.tree.map(lambda x: x[num_unlabeled:], both)
 
@@ -238,9 +246,9 @@ def make_train_step(model, tx: optax.GradientTransformation,
       member, metrics = member_step(member, batch, pseudo, partner, key)
       return member.params, member.batch_stats, member.opt_state, metrics
 
-    params, batch_stats, opt_state, metrics = jax.vmap(update)(
-        state.params, state.batch_stats, state.opt_state,
-        jax.random.split(rng, settings.num_members))
+    params, batch_stats, opt_state, metrics = stacked.stacked_map(
+        update, state.params, state.batch_stats, state.opt_state,
+        jax.random.split(rng, settings.num_members), member_map=config.member_map)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, {**jax.tree.map(jnp.mean, metrics),

@@ -8,8 +8,12 @@ Every model is a Linen module with the same call::
 
 ``images`` are float32 ``[B, H, W, 3]`` in [0, 1] (the model standardises them with the
 ImageNet statistics). ``outputs["logits"]`` is float32 ``[B, H, W, C]`` at input
-resolution and ``outputs["features"]`` is the classifier's input. Dropout is on when
-``train or mc_dropout``; BatchNorm uses batch statistics only when ``train``.
+resolution and ``outputs["features"]`` is the classifier's input.
+``outputs["backbone_features"]`` is the tuple of the encoder's stage outputs, shallowest
+first: the four ResNet stages (the last at the output stride), or the UNet's encoder levels
+and its bottleneck (PseudoSeg reads its classification head, Grad-CAM and hypercolumn off
+the last ones). Dropout is on when ``train or mc_dropout``; BatchNorm uses batch
+statistics only when ``train``.
 
 BatchNorm: whether a model has it is whether ``variables`` has a non-empty
 ``"batch_stats"`` collection. A train step can pass ``mutable=["batch_stats"]`` whenever
@@ -48,8 +52,8 @@ def create_model(config: Any) -> nn.Module:
   Args:
     config: an ``ml_collections.ConfigDict`` (or a dict) with ``name`` ("unet" or
       "deeplabv3plus") and that model's keyword arguments, e.g. ``num_classes``,
-      ``width``, ``backbone``, ``output_stride``, ``dropout_rate``. ``dtype`` may be a
-      string such as "bfloat16"; lists become tuples.
+      ``width``, ``backbone``, ``output_stride``, ``dropout_rate``, ``remat``. ``dtype``
+      may be a string such as "bfloat16"; lists become tuples.
 
   Returns:
     The (unbound) Linen module.

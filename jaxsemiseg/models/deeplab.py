@@ -116,6 +116,7 @@ class DeepLabV3Plus(nn.Module):
     decoder_channels: channels of the two 3x3 decoder convs, i.e. of ``features``.
     dropout_rate: dropout on the classifier input, active when ``train or mc_dropout``.
     dtype: computation dtype (parameters stay float32, logits are returned as float32).
+    remat: rematerialise the backbone's residual blocks (see ``resnet.ResNet``).
   """
 
   num_classes: int
@@ -127,6 +128,7 @@ class DeepLabV3Plus(nn.Module):
   decoder_channels: int = 256
   dropout_rate: float = 0.1
   dtype: Any = jnp.float32
+  remat: bool = False
 
   def setup(self):
     _check_config(self)
@@ -135,12 +137,15 @@ class DeepLabV3Plus(nn.Module):
     self.encoder = resnet.ResNet(
         BACKBONE_DEPTHS[self.backbone],
         replace_stride_with_dilation=resnet.dilation_for_output_stride(self.output_stride),
-        dtype=self.dtype, name="backbone")
+        dtype=self.dtype, remat=self.remat, name="backbone")
     self.aspp = ASPP(self.aspp_channels, tuple(dilations), self.dtype)
     self.reduce = ConvBNReLU(self.low_level_channels, 1, dtype=self.dtype)
     self.fuse = [ConvBNReLU(self.decoder_channels, 3, dtype=self.dtype) for _ in range(2)]
     self.dropout = nn.Dropout(self.dropout_rate)
-    self.classifier = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)
+    # In float32 whatever the compute dtype: its bias gradient is a sum over every pixel,
+    # which XLA:CPU accumulates in the compute dtype (bfloat16 stalls), and the logits
+    # feed the losses in float32 anyway.
+    self.classifier = nn.Conv(self.num_classes, (1, 1), dtype=jnp.float32)
 
   def __call__(self, images: jax.Array, *, train: bool, mc_dropout: bool = False,
                decoder_input_perturbation: layers.Perturbation | None = None
@@ -161,14 +166,16 @@ class DeepLabV3Plus(nn.Module):
 
     Returns:
       ``{"logits": float32 [B, H, W, C], "features": [B, ceil(H/4), ceil(W/4),
-      decoder_channels]}``.
+      decoder_channels], "backbone_features": the four ResNet stage outputs}``; the
+      stage outputs are taken before ``decoder_input_perturbation``.
 
     Raises:
       ValueError: images of the wrong shape or dtype.
     """
     layers.check_images(images, model="DeepLabV3Plus")
     x = layers.normalize_imagenet(images, self.dtype)
-    low_level, _, _, high_level = self.encoder(x, train=train)
+    backbone_features = self.encoder(x, train=train)
+    low_level, _, _, high_level = backbone_features
     if decoder_input_perturbation is not None:
       low_level = decoder_input_perturbation(self.make_rng("perturbation"), low_level)
       high_level = decoder_input_perturbation(self.make_rng("perturbation"), high_level)
@@ -180,7 +187,7 @@ class DeepLabV3Plus(nn.Module):
       x = conv(x, train=train)
     logits = self.classify(x, train=train, mc_dropout=mc_dropout,
                            output_size=images.shape[1:3])
-    return {"logits": logits, "features": x}
+    return {"logits": logits, "features": x, "backbone_features": backbone_features}
 
   def classify(self, features: jax.Array, *, train: bool, mc_dropout: bool = False,
                output_size: Sequence[int] | None = None) -> jax.Array:

@@ -43,7 +43,7 @@ class BasicBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(layers.torch_conv, dtype=self.dtype)
     norm = functools.partial(layers.torch_batch_norm, train=train, dtype=self.dtype)
     y = conv(self.channels, 3, strides=self.strides, dilation=self.dilation, name="conv1")(x)
@@ -71,7 +71,7 @@ class Bottleneck(nn.Module):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(layers.torch_conv, dtype=self.dtype)
     norm = functools.partial(layers.torch_batch_norm, train=train, dtype=self.dtype)
     y = nn.relu(norm(name="bn1")(conv(self.channels, 1, name="conv1")(x)))
@@ -142,11 +142,16 @@ class ResNet(nn.Module):
     replace_stride_with_dilation: for stages 2, 3, 4, whether to replace the stage's
       stride 2 by dilation (see ``dilation_for_output_stride``).
     dtype: computation dtype (parameters stay float32).
+    remat: rematerialise every residual block ("gradient checkpointing", ``nn.remat``):
+      the backward pass keeps only the blocks' inputs and recomputes what is inside
+      them, about one more forward pass of the backbone for a fraction of its
+      activation memory. Parameter names and values are the same either way.
   """
 
   depth: int = 50
   replace_stride_with_dilation: Sequence[bool] = (False, False, False)
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, ...]:
@@ -171,9 +176,13 @@ class ResNet(nn.Module):
           "replace_stride_with_dilation must hold 3 flags (stages 2, 3, 4); "
           f"got {self.replace_stride_with_dilation!r}.")
     block_cls, stage_sizes = _LAYOUTS[self.depth]
+    if self.remat:
+      # ``train`` picks BatchNorm's mode in Python, so it must stay static under
+      # jax.checkpoint, which only takes positional static arguments (self is 0).
+      block_cls = nn.remat(block_cls, static_argnums=(2,))
     x = layers.torch_conv(64, 7, strides=2, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(layers.torch_batch_norm(train=train, dtype=self.dtype, name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = layers.max_pool(x, window=3, stride=2, padding=1)
     dilation = 1
     stage_outputs = []
     for stage, num_blocks in enumerate(stage_sizes):
@@ -190,6 +199,6 @@ class ResNet(nn.Module):
             strides=strides if index == 0 else 1,
             dilation=first_dilation if index == 0 else dilation,
             dtype=self.dtype,
-            name=f"layer{stage + 1}_{index}")(x, train=train)
+            name=f"layer{stage + 1}_{index}")(x, train)
       stage_outputs.append(x)
     return tuple(stage_outputs)

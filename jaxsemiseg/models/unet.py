@@ -104,6 +104,9 @@ class UNet(nn.Module):
     groups: GroupNorm groups; every level's channel count must be divisible by it.
     dropout_rate: dropout on the classifier input, active when ``train or mc_dropout``.
     dtype: computation dtype (parameters stay float32, logits are returned as float32).
+    remat: rematerialise the encoder blocks and the bottleneck (``nn.remat``): the
+      backward pass recomputes their convs instead of keeping their activations.
+      Parameter names and values are the same either way.
   """
 
   num_classes: int
@@ -112,17 +115,22 @@ class UNet(nn.Module):
   groups: int = 4
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   def setup(self):
     _check_config(self)
-    self.down = [ConvGroupNormBlock(self.width * 2**level, self.groups, self.dtype)
+    encoder_block = nn.remat(ConvGroupNormBlock) if self.remat else ConvGroupNormBlock
+    self.down = [encoder_block(self.width * 2**level, self.groups, self.dtype)
                  for level in range(self.depth)]
-    self.bottleneck = ConvGroupNormBlock(self.width * 2**self.depth, self.groups, self.dtype)
+    self.bottleneck = encoder_block(self.width * 2**self.depth, self.groups, self.dtype)
     self.up = [Upsample2x2(self.width * 2**level, self.dtype) for level in range(self.depth)]
     self.up_block = [ConvGroupNormBlock(self.width * 2**level, self.groups, self.dtype)
                      for level in range(self.depth)]
     self.dropout = nn.Dropout(self.dropout_rate)
-    self.classifier = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)
+    # In float32 whatever the compute dtype: its bias gradient is a sum over every pixel,
+    # which XLA:CPU accumulates in the compute dtype (bfloat16 stalls), and the logits
+    # feed the losses in float32 anyway.
+    self.classifier = nn.Conv(self.num_classes, (1, 1), dtype=jnp.float32)
 
   def __call__(self, images: jax.Array, *, train: bool, mc_dropout: bool = False,
                decoder_input_perturbation: layers.Perturbation | None = None
@@ -143,7 +151,9 @@ class UNet(nn.Module):
         pass; the outputs then have that batch size.
 
     Returns:
-      ``{"logits": float32 [B, H, W, C], "features": [B, H, W, width]}``.
+      ``{"logits": float32 [B, H, W, C], "features": [B, H, W, width],
+      "backbone_features": (every encoder level's block output, the bottleneck)}``, the
+      encoder outputs taken before ``decoder_input_perturbation``.
 
     Raises:
       ValueError: images of the wrong shape or dtype, or sizes not divisible by
@@ -160,14 +170,16 @@ class UNet(nn.Module):
     for block in self.down:
       x = block(x)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = layers.max_pool(x, window=2, stride=2)
     x = self.bottleneck(x)
+    backbone_features = (*skips, x)
     if decoder_input_perturbation is not None:
       skips = [decoder_input_perturbation(self.make_rng("perturbation"), s) for s in skips]
       x = decoder_input_perturbation(self.make_rng("perturbation"), x)
     for level in reversed(range(self.depth)):
       x = self.up_block[level](jnp.concatenate([self.up[level](x), skips[level]], axis=-1))
-    return {"logits": self.classify(x, train=train, mc_dropout=mc_dropout), "features": x}
+    return {"logits": self.classify(x, train=train, mc_dropout=mc_dropout), "features": x,
+            "backbone_features": backbone_features}
 
   def classify(self, features: jax.Array, *, train: bool, mc_dropout: bool = False,
                output_size: Sequence[int] | None = None) -> jax.Array:

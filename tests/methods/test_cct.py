@@ -217,6 +217,27 @@ def test_consistency_trains_features_and_heads_but_not_the_main_prediction():
   assert (np.abs(d_heads["classifier"]["bias"]).max(axis=1) > 0).all()
 
 
+def test_consistency_and_its_gradients_are_the_same_with_heads_vmapped_or_looped():
+  config, model, _, state = _tiny_unet_state({**NO_HEADS, "vat": 2, "cutout": 1,
+                                               "feature_noise": 1})
+  heads = state.extras["aux_heads"]
+  images = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 16, 16, 3)), jnp.float32)
+  outputs = model.apply({"params": state.params}, images, train=False)
+  head = cct.make_head_fn(model, (16, 16))
+  valid = jnp.ones((2, 16, 16), bool).at[0, :3].set(False)
+  results = []
+  for member_map in ("vmap", "loop"):
+    loss = lambda features, heads, member_map=member_map: cct.consistency_loss(
+        jax.random.key(0), head, heads, features, outputs["logits"], valid, config.cct,
+        member_map=member_map)
+    results.append(jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(outputs["features"], heads))
+  (vmapped, vmapped_grads), (looped, looped_grads) = results
+  assert float(looped) > 1e-4
+  np.testing.assert_allclose(vmapped, looped, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               vmapped_grads, looped_grads)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("num_heads.vat", -1, r"config\.cct\.num_heads\.vat=-1"),
     ("dropout_rate", 1.0, r"config\.cct\.dropout_rate=1\.0"),

@@ -119,9 +119,30 @@ def test_cps_gradient_reaches_a_net_only_through_its_own_prediction(setup, train
   assert float(norms[1 - trained]) == 0.0
 
 
+def test_step_is_the_same_with_the_members_vmapped_or_looped(setup):
+  model, state, images, partner_images, _ = setup
+  rng = np.random.default_rng(1)
+  batch = {"image": images, "label": jnp.asarray(rng.integers(0, NUM_CLASSES, images.shape[:3])),
+           "image_u": partner_images, "valid_u": jnp.ones(images.shape[:3], bool),
+           "image_u2": images[::-1], "valid_u2": jnp.ones(images.shape[:3], bool)}
+  results = {}
+  for member_map in ("vmap", "loop"):
+    config = config_lib.base_config("cps")
+    config.member_map = member_map
+    step = jax.jit(cps.make_train_step(model, optax.sgd(0.1), config))
+    results[member_map] = step(state, batch, jax.random.key(3))
+  (vmapped, vmapped_metrics), (looped, looped_metrics) = results["vmap"], results["loop"]
+  assert float(looped_metrics["loss_cps"]) > 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               (vmapped.params, vmapped_metrics), (looped.params, looped_metrics))
+  # The step changed the members, so equal states are not just the unchanged start.
+  assert not np.allclose(looped.params["classifier"]["kernel"],
+                         state.params["classifier"]["kernel"])
+
+
 def test_average_predictor_is_the_mean_of_the_members(setup):
   model, state, images, *_ = setup
-  average = cotraining.make_predict_fn(model, None)(state, images)
+  average = cotraining.make_predict_fn(model, config_lib.base_config("cps"))(state, images)
   members = [cotraining.member_predict_fn(model, i)(state, images) for i in range(2)]
   np.testing.assert_allclose(average, (members[0] + members[1]) / 2, rtol=1e-5, atol=1e-7)
   alone = state.replace(params=cotraining.member(state.params, 1),

@@ -133,6 +133,24 @@ def test_view_difference_trains_only_the_judge(setup):
   assert float(optax.tree.norm(cotraining.member(grads, 1))) > 1e-5
 
 
+def test_step_is_the_same_with_the_nets_and_pairs_vmapped_or_looped(setup):
+  model, _, state, batch, _ = setup
+  # A step key whose coins send one pair to FGSM and the other to VAT (see the step).
+  rng = next(key for key in map(jax.random.key, range(20)) if len(set(np.asarray(
+      jax.random.bernoulli(jax.random.split(key, 4)[2], 0.5, (2,))).tolist())) == 2)
+  results = []
+  for member_map in ("vmap", "loop"):
+    config = config_lib.base_config("deep_cotraining")
+    config.update_from_flattened_dict({"member_map": member_map,
+                                       "deep_cotraining.rampup_steps": 0})
+    step = jax.jit(deep_cotraining.make_train_step(model, optax.sgd(0.1), config))
+    results.append(step(state, batch, rng))
+  (vmapped, vmapped_metrics), (looped, looped_metrics) = results
+  assert float(looped_metrics["loss_adv"]) > 1e-4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               (vmapped.params, vmapped_metrics), (looped.params, looped_metrics))
+
+
 def test_check_config_names_bad_values():
   config = config_lib.base_config("deep_cotraining")
   deep_cotraining.check_config(config)

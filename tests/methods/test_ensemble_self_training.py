@@ -1,4 +1,4 @@
-"""Ensemble self-training: stacked members, the filters, the vmapped step, the mean prediction.
+"""Ensemble self-training: stacked members, the filters, the members' step, the mean prediction.
 
 The step's terms, learning, 1 vs 4 devices and a run of the loop are checked with the
 other self-training methods in ``test_self_training.py``.
@@ -113,8 +113,10 @@ def test_prediction_is_the_mean_of_the_members_probabilities():
   np.testing.assert_allclose(probs, np.mean(members, axis=0), rtol=1e-5, atol=1e-7)
 
 
-def test_vmapped_step_equals_one_step_of_each_member_on_its_own():
+@pytest.mark.parametrize("member_map", ["vmap", "loop"])
+def test_step_equals_one_step_of_each_member_on_its_own(member_map):
   config = _config(bootstrap=True, cutmix_p=1.0)
+  config.member_map = member_map
   model, tx, batch = _model(), optax.sgd(0.1, momentum=0.9), _batch()
   state = ensemble.init_state(jax.random.key(0), model, tx, batch, config)
   # A step first, so the momentum buffers are not zero and their update is compared too.

@@ -1,5 +1,6 @@
 """Tests for jaxsemiseg.models.layers."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,3 +77,27 @@ def test_torch_batch_norm_uses_pytorch_momentum():
   # PyTorch momentum 0.1: new = 0.9 * old + 0.1 * batch statistic.
   np.testing.assert_allclose(updates["batch_stats"]["mean"], [0.35], rtol=1e-6)
   np.testing.assert_allclose(updates["batch_stats"]["var"], [0.9 + 0.1 * 5.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape,window,stride,padding", [
+    ((2, 8, 8, 3), 2, 2, 0), ((2, 9, 7, 3), 2, 2, 0), ((2, 17, 16, 3), 3, 2, 1)])
+def test_max_pool_matches_flax_values_and_gradients(shape, window, stride, padding):
+  x = jax.random.normal(jax.random.key(0), shape)
+  pad = ((padding, padding), (padding, padding))
+
+  def flax_pool(x):
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)
+
+  def pool(x):
+    return layers.max_pool(x, window=window, stride=stride, padding=padding)
+
+  np.testing.assert_array_equal(pool(x), flax_pool(x))
+  weights = jax.random.normal(jax.random.key(1), flax_pool(x).shape)
+  grad, flax_grad = (jax.grad(lambda x, f=f: jnp.sum(weights * f(x)))(x)
+                     for f in (pool, flax_pool))
+  np.testing.assert_allclose(grad, flax_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_rejects_padding_as_large_as_the_window():
+  with pytest.raises(ValueError, match="padding=2"):
+    layers.max_pool(jnp.zeros((1, 4, 4, 1)), window=2, stride=2, padding=2)
