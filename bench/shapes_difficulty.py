@@ -40,7 +40,7 @@ _SETTINGS = flags.DEFINE_string("settings", None, "JSON-lines file of runs (see 
 _SHARD = flags.DEFINE_integer("shard", 0, "Run the settings lines i with i % num_shards == shard.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Processes sharing the settings file.")
 _OUTPUT = flags.DEFINE_string("output", None, "Append each run's JSON line here too.")
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 4000, "Training images to render.")
+_NUM_TRAIN = flags.DEFINE_integer("num_train", 2000, "Training images to render.")
 _NUM_VAL = flags.DEFINE_integer("num_val", 500, "Validation images to render.")
 
 

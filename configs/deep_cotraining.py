@@ -1,6 +1,6 @@
 r"""Deep Co-Training (two nets, JSD + view difference) on the bundled "shapes" dataset.
 
-The supervised quick start's budget (``configs/default.py``: UNet-S, 3000 steps, batch 8
+The supervised quick start's budget (``configs/default.py``: UNet-S, 4000 steps, batch 8
 labeled + 8 unlabeled, 1/8 labeled); each net trains on its own random half of every
 labeled batch. Weights 10 (JSD) and 0.5 (view difference), ramped up over 1000 steps;
 FGSM / VAT epsilon 0.05. The reference's three separate updates per iteration are fused

@@ -1,6 +1,6 @@
 r"""Supervised baseline (labeled images only) on the bundled "shapes" dataset.
 
-The quick start: a small UNet, 1/8 of the 4000 training images labeled, trained on a CPU
+The quick start: a small UNet, 1/8 of the 2000 training images labeled, trained on a CPU
 in a few minutes, printing the validation mIoU.
 
   python -m jaxsemiseg.main --config=configs/default.py --workdir=/tmp/jaxsemiseg/default

@@ -1,6 +1,6 @@
 r"""Ensemble self-training (K = 4 vmapped members) on the bundled "shapes" dataset.
 
-The supervised quick start's budget (``configs/default.py``: UNet-S, 3000 steps, batch 8
+The supervised quick start's budget (``configs/default.py``: UNet-S, 4000 steps, batch 8
 labeled + 8 + 8 unlabeled, 1/8 labeled). Four members with different initialisations train
 in one jitted step; each trains FixMatch's objective on the hard pseudo-labels of the
 members' mean probability, kept where its confidence is at least 0.95, on its own strong

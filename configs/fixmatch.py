@@ -1,6 +1,6 @@
 r"""FixMatch for segmentation (UniMatch's ``fixmatch.py``) on the bundled "shapes" dataset.
 
-The supervised quick start's budget (``configs/default.py``: UNet-S, 3000 steps, batch 8
+The supervised quick start's budget (``configs/default.py``: UNet-S, 4000 steps, batch 8
 labeled + 8 unlabeled, 1/8 labeled), with the FixMatch settings of UniMatch for Pascal VOC
 (tau 0.95, CutMix p 0.5); see ``jaxsemiseg/methods/fixmatch.py``.
 

@@ -1,6 +1,6 @@
 r"""Mean Teacher on the bundled "shapes" dataset.
 
-The supervised quick start's budget (``configs/default.py``: UNet-S, 3000 steps, batch 8
+The supervised quick start's budget (``configs/default.py``: UNet-S, 4000 steps, batch 8
 labeled + 8 unlabeled, 1/8 labeled); EMA decay 0.99, consistency weight 100 ramped up
 over 500 steps (see ``jaxsemiseg/methods/mean_teacher.py``). Evaluation uses the teacher.
 

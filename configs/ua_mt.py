@@ -1,6 +1,6 @@
 r"""Uncertainty-aware Mean Teacher (UA-MT) on the bundled "shapes" dataset.
 
-The supervised quick start's budget (``configs/default.py``: UNet-S, 3000 steps, batch 8
+The supervised quick start's budget (``configs/default.py``: UNet-S, 4000 steps, batch 8
 labeled + 8 unlabeled, 1/8 labeled) with UA-MT's settings (yulequan/UA-MT): EMA decay
 0.99, consistency weight 0.1, T = 8 noisy MC Dropout passes of the teacher, entropy
 threshold ramped from 0.75 ln C to ln C, both ramps over the whole run; see

@@ -1,6 +1,6 @@
 r"""UniMatch on the bundled "shapes" dataset.
 
-The supervised quick start's budget (``configs/default.py``: UNet-S, 3000 steps, batch 8
+The supervised quick start's budget (``configs/default.py``: UNet-S, 4000 steps, batch 8
 labeled + 8 unlabeled, 1/8 labeled), with UniMatch's settings for Pascal VOC (tau 0.95,
 CutMix p 0.5, channel dropout 0.5 on the decoder inputs); see
 ``jaxsemiseg/methods/unimatch.py``. ``configs/voc_unimatch.py`` is the paper's setup.

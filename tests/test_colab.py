@@ -15,7 +15,7 @@ from jaxsemiseg.data import bundled, splits
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "colabs" / "quickstart.ipynb"
 DEFAULT_PARAMETERS = {
-    "NUM_STEPS": 1500,
+    "NUM_STEPS": 4000,
     "LABELED_FRACTION": 0.125,
     "WORKDIR": "/tmp/jaxsemiseg/quickstart",
     "DATASET_CONFIG": "",
