@@ -10,12 +10,13 @@ stacked on a leading axis (``jax.vmap(init)(keys)``) and run all K in one jitted
   (issue #4), and the default there.
 - ``"loop"``: the K calls unrolled in Python, so the compiled step holds K plain copies of
   ``fn``. XLA:CPU runs grouped convolutions far below its ordinary convolution speed
-  (bench/RESULTS.md: the vmapped 4-member ensemble step took 1.6x its 4 sequential
-  single-model steps), hence the default on CPU. It is not a ``lax.map``/``lax.scan``:
-  XLA:CPU's ``ConvCanonicalization`` pass visits only the entry computation, so the
-  backward-pass convolutions of a loop body (not in NHWC/HWIO form) miss the Eigen kernels
-  and run in a naive emitter, ~10x slower than unrolled. The price of unrolling is compile
-  time, which grows with K.
+  (bench/RESULTS.md: the vmapped 4-member ensemble step takes ~2.5x its 4 sequential
+  single-model steps, the loop ~1x; CPS's step runs 13x faster looped), hence the default
+  on CPU. It is not a ``lax.map``/``lax.scan``: XLA:CPU's ``ConvCanonicalization`` pass
+  visits only the entry computation, so the backward-pass convolutions of a loop body (not
+  in NHWC/HWIO form) miss the Eigen kernels and run in a naive emitter, ~10x slower than
+  unrolled. The price of unrolling is compile time, which grows with K (2.5x the vmap's
+  for the 4-member ensemble step).
 
 ``member_map="auto"`` picks ``"loop"`` when ``jax.default_backend()`` is CPU and
 ``"vmap"`` otherwise, at trace time. Both give the same values and gradients up to

@@ -286,13 +286,11 @@ def make_train_step(model, tx: optax.GradientTransformation,
     heads = state.extras["aux_heads"]
     (loss, (batch_stats, metrics)), (grads, head_grads) = jax.value_and_grad(
         loss_fn, has_aux=True)((state.params, heads))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    head_updates, head_opt_state = tx.update(head_grads, state.extras["aux_opt_state"], heads)
+    params, opt_state, heads, head_opt_state = common.apply_updates_with_heads(
+        tx, state, grads, heads, head_grads, state.extras["aux_opt_state"])
     new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats, opt_state=opt_state,
-        extras={**state.extras, "aux_heads": optax.apply_updates(heads, head_updates),
-                "aux_opt_state": head_opt_state})
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+        extras={**state.extras, "aux_heads": heads, "aux_opt_state": head_opt_state})
     return new_state, {**metrics, "loss": loss,
                        "grad_norm": optax.tree.norm((grads, head_grads))}
 

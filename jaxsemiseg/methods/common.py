@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import optax
 
 from jaxsemiseg import losses
 
@@ -51,3 +52,28 @@ def supervised_loss(logits: jax.Array, labels: jax.Array,
     metrics["loss_dice"] = dice
     loss = loss + config.dice_weight * dice
   return loss, metrics
+
+
+def apply_updates_with_heads(tx, state, grads: Any, heads: Any, head_grads: Any,
+                             head_opt_state: Any) -> tuple[Any, Any, Any, Any]:
+  """One optimizer step for the model and for extra heads kept outside ``state.params``.
+
+  CCT's auxiliary decoders and PseudoSeg's classifier and attention heads live in
+  ``state.extras`` with their own optimizer state, so the model's parameter tree (and its
+  checkpoints and pretrained weights) stays the plain model's.
+
+  Args:
+    tx: the optimizer, shared by model and heads.
+    state: the TrainState (its ``params`` and ``opt_state`` are updated).
+    grads: gradients of ``state.params``.
+    heads: the heads' parameters.
+    head_grads: their gradients.
+    head_opt_state: their optimizer state.
+
+  Returns:
+    ``(params, opt_state, heads, head_opt_state)`` after the step.
+  """
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  head_updates, head_opt_state = tx.update(head_grads, head_opt_state, heads)
+  return (optax.apply_updates(state.params, updates), opt_state,
+          optax.apply_updates(heads, head_updates), head_opt_state)

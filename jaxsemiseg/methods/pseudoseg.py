@@ -303,14 +303,12 @@ def make_train_step(model, tx: optax.GradientTransformation,
     head_params = state.extras["heads"]
     (loss, ((new_stats, new_head_stats), metrics)), (grads, head_grads) = (
         jax.value_and_grad(loss_fn, has_aux=True)((state.params, head_params)))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    head_updates, head_opt_state = tx.update(head_grads, state.extras["head_opt_state"],
-                                             head_params)
+    params, opt_state, head_params, head_opt_state = common.apply_updates_with_heads(
+        tx, state, grads, head_params, head_grads, state.extras["head_opt_state"])
     new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        batch_stats=new_stats, opt_state=opt_state,
-        extras={"heads": optax.apply_updates(head_params, head_updates),
-                "head_batch_stats": new_head_stats, "head_opt_state": head_opt_state})
+        step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state,
+        extras={"heads": head_params, "head_batch_stats": new_head_stats,
+                "head_opt_state": head_opt_state})
     confidence = (jnp.where(valid_u, targets.max(axis=-1), 0.0).sum()
                   / jnp.maximum(valid_u.sum(), 1))
     return new_state, {**metrics, "loss": loss, "pseudo_confidence": confidence,

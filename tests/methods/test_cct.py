@@ -218,8 +218,7 @@ def test_consistency_trains_features_and_heads_but_not_the_main_prediction():
 
 
 def test_consistency_and_its_gradients_are_the_same_with_heads_vmapped_or_looped():
-  config, model, _, state = _tiny_unet_state({**NO_HEADS, "vat": 2, "cutout": 1,
-                                               "feature_noise": 1})
+  config, model, _, state = _tiny_unet_state({**NO_HEADS, "vat": 2, "feature_noise": 1})
   heads = state.extras["aux_heads"]
   images = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 16, 16, 3)), jnp.float32)
   outputs = model.apply({"params": state.params}, images, train=False)
