@@ -124,7 +124,7 @@ def _shared_config() -> ml_collections.ConfigDict:
   # Global batch sizes (all processes and devices together).
   config.batch_size = 8
   config.unlabeled_batch_size = 8
-  # ~7 minutes on a 2-core CPU: well past the point (~1500-2500 steps) where UNet-S starts
+  # ~9 minutes on a 2-core CPU: well past the point (~1500-2500 steps) where UNet-S starts
   # to tell the shapes apart, and where 1/16 of the labels falls >= 15 mIoU behind all.
   config.num_steps = 4000
   config.log_every = 50
