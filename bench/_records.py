@@ -1,4 +1,4 @@
-"""The JSON-lines result records of the speed benchmarks: provenance, print, append.
+"""The JSON-lines result records of the benchmarks: provenance, print, append.
 
 A record is the measured values plus what is needed to compare it with another one: the
 machine, its load when the record is written (timings from a shared machine are only as
@@ -11,10 +11,21 @@ import json
 import os
 import sys
 
-import jax
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import accuracy  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def print_and_append(record: dict, path: str) -> None:
+  """Prints ``record`` as one JSON line, flushed, and appends it to ``path`` unless "".
+
+  Args:
+    record: JSON-serialisable values.
+    path: the JSON-lines file (one record per line) to append to; "" = print only.
+  """
+  line = json.dumps(record)
+  print(line, flush=True)
+  if path:
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(line + "\n")
 
 
 def write_record(values: dict, path: str, *, script: str) -> dict:
@@ -31,6 +42,11 @@ def write_record(values: dict, path: str, *, script: str) -> dict:
     average over the last minute, against the machine's core count), ``jax``, ``python``
     and ``command``.
   """
+  # Imported here: bench/gpu.py's parent process prints through this module and must not
+  # import jax (each of its settings owns the device in a subprocess).
+  import jax  # pylint: disable=g-import-not-at-top
+  import accuracy  # pylint: disable=g-import-not-at-top
+
   record = {
       **values,
       "machine": accuracy.machine_description(),
@@ -38,8 +54,5 @@ def write_record(values: dict, path: str, *, script: str) -> dict:
       "python": sys.version.split()[0],
       "command": " ".join(["python", script, *sys.argv[1:]]),
   }
-  line = json.dumps(record)
-  print(line, flush=True)
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(line + "\n")
+  print_and_append(record, path)
   return record

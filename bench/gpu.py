@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+import _records  # pylint: disable=g-bad-import-order
+
 # Dense (no sparsity) peak TFLOP/s per chip, keyed by ``jax.devices()[0].device_kind``.
 # "float32" is what XLA runs a float32 matmul or convolution at by default: TensorFloat-32
 # on NVIDIA tensor cores (Ampere and newer), one bfloat16 pass on TPU (JAX's "Matmul
@@ -168,7 +170,7 @@ def _run_in_subprocess(name: str, args, timeout_s: float) -> dict:
 def main(argv=None):
   args = _parse(argv)
   if args.one:
-    print(json.dumps(measure(args.one, quick=args.quick, steps=args.steps)), flush=True)
+    _records.print_and_append(measure(args.one, quick=args.quick, steps=args.steps), "")
     return
   deadline = time.monotonic() + args.budget_s
   for name in args.settings:
@@ -177,11 +179,7 @@ def main(argv=None):
       result = {"setting": name, "skipped": f"{left:.0f} s of the budget left"}
     else:
       result = _run_in_subprocess(name, args, left)
-    line = json.dumps(result)
-    print(line, flush=True)
-    if args.output:
-      with open(args.output, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+    _records.print_and_append(result, args.output)
 
 
 if __name__ == "__main__":

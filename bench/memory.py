@@ -26,7 +26,6 @@ which ``bench/gpu.py`` measures.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
@@ -34,6 +33,7 @@ import jax
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import parallel
 
+import _records  # pylint: disable=g-bad-import-order
 import _step_builder  # pylint: disable=g-bad-import-order
 
 # name -> (compute dtype, remat).
@@ -100,11 +100,7 @@ def measure(args, setting: str) -> dict:
 def main(argv=None):
   args = _parse(argv)
   for setting in args.settings:
-    line = json.dumps(measure(args, setting))
-    print(line, flush=True)
-    if args.output:
-      with open(args.output, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+    _records.print_and_append(measure(args, setting), args.output)
 
 
 if __name__ == "__main__":

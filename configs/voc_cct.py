@@ -25,35 +25,23 @@ each image's own long side. Evaluation pads each image to 512x512 (padding is ig
 the metric) instead of CCT's one reflect-padded image at a time.
 """
 
-from jaxsemiseg.config import base_config
+from jaxsemiseg.config import VOC_TRAIN_AUG_SIZE, voc_config, voc_num_labeled
 
-# Images of SegmentationClassAug's train_aug list.
-TRAIN_AUG_SIZE = 10582
 EPOCHS = 80
 
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "1464")."""
-  num_labeled = int(arg) if arg else 1464
-  if not 0 < num_labeled < TRAIN_AUG_SIZE:
-    raise ValueError(
-        f"configs/voc_cct.py:{arg}; expected a number of labeled images in "
-        f"(0, {TRAIN_AUG_SIZE}), e.g. 60, 100, 200, 300, 500, 800, 1000 or 1464.")
-  config = base_config("cct")
-  config.dataset.update(dict(
-      name="voc", train_split="train_aug", val_split="val", num_labeled=num_labeled,
-      crop_size=320, scale_range=(0.4, 1.6), eval_pad_to=512))
-  config.model.name = "deeplabv3plus"
-  # CCT's decoders have no dropout.
-  config.model.deeplabv3plus.update(dict(backbone="resnet50", output_stride=8,
-                                         dropout_rate=0.0))
-  config.optimizer.update(dict(name="sgd", learning_rate=1e-3, momentum=0.9,
-                               weight_decay=1e-4, schedule="poly", poly_power=0.9,
-                               head_lr_multiplier=10.0))
+  num_labeled = voc_num_labeled(arg, default=1464, config_name="voc_cct",
+                                examples=(60, 100, 200, 300, 500, 800, 1000, 1464))
+  # UniMatch's optimizer; CCT's decoders, like UniMatch's classifier, have no dropout.
+  config = voc_config("cct", num_labeled=num_labeled)
+  config.dataset.update(dict(crop_size=320, scale_range=(0.4, 1.6)))
+  config.model.deeplabv3plus.update(dict(backbone="resnet50", output_stride=8))
   config.batch_size = 10
   config.unlabeled_batch_size = 10
   # One epoch is one pass over the unlabeled pool (the labeled loader is cycled).
-  steps_per_epoch = (TRAIN_AUG_SIZE - num_labeled) // config.unlabeled_batch_size
+  steps_per_epoch = (VOC_TRAIN_AUG_SIZE - num_labeled) // config.unlabeled_batch_size
   config.num_steps = EPOCHS * steps_per_epoch
   config.cct.rampup_steps = config.num_steps // 10
   # CCT validates every 10 epochs (val_per_epochs).

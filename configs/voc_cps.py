@@ -22,38 +22,25 @@ Differences from the reference that the config cannot remove:
   both, and ``cotraining.evaluate_members`` scores each net.
 """
 
-from jaxsemiseg.config import base_config
+from jaxsemiseg.config import VOC_TRAIN_AUG_SIZE, voc_config, voc_num_labeled
 
-# Images of SegmentationClassAug's train_aug list.
-TRAIN_AUG_SIZE = 10582
 EPOCHS = 34
 
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "1322")."""
-  num_labeled = int(arg) if arg else TRAIN_AUG_SIZE // 8
-  if not 0 < num_labeled < TRAIN_AUG_SIZE:
-    raise ValueError(
-        f"configs/voc_cps.py:{arg}; expected a number of labeled images in "
-        f"(0, {TRAIN_AUG_SIZE}), e.g. 662, 1322, 2645 or 5291.")
-  config = base_config("cps")
-  config.dataset.update(dict(
-      name="voc", train_split="train_aug", val_split="val", num_labeled=num_labeled,
-      crop_size=512, scale_range=(0.5, 2.0), eval_pad_to=512))
-  config.model.name = "deeplabv3plus"
-  config.model.deeplabv3plus.update(dict(backbone="resnet101", output_stride=16,
-                                         dropout_rate=0.0))
-  config.optimizer.update(dict(name="sgd", learning_rate=0.005, momentum=0.9,
-                               weight_decay=1e-4, schedule="poly", poly_power=0.9,
-                               head_lr_multiplier=1.0))
+  num_labeled = voc_num_labeled(arg, default=VOC_TRAIN_AUG_SIZE // 8, config_name="voc_cps",
+                                examples=(662, 1322, 2645, 5291))
+  config = voc_config("cps", num_labeled=num_labeled)
+  config.dataset.crop_size = 512
+  config.optimizer.update(dict(learning_rate=0.005, head_lr_multiplier=1.0))
   config.batch_size = 16
   config.unlabeled_batch_size = 16
   # TorchSemiSeg: niters_per_epoch = max(#labeled, #unlabeled) // batch_size.
-  steps_per_epoch = max(num_labeled, TRAIN_AUG_SIZE - num_labeled) // config.batch_size
+  steps_per_epoch = max(num_labeled, VOC_TRAIN_AUG_SIZE - num_labeled) // config.batch_size
   config.num_steps = EPOCHS * steps_per_epoch
   config.eval_every = steps_per_epoch
   config.checkpoint_every = steps_per_epoch
-  config.eval_batch_size = 16
   config.eval_mode = "sliding"
   config.cps.cps_weight = 1.0
   return config

@@ -21,34 +21,19 @@ strides 15 and 16). The scale is drawn from U(0.5, 2.0) instead of DeepLab's ste
 0.25, and evaluation pads each image to 513x513 in batches.
 """
 
-from jaxsemiseg.config import base_config
-
-# Images of SegmentationClassAug's train_aug list.
-TRAIN_AUG_SIZE = 10582
+from jaxsemiseg.config import voc_config, voc_num_labeled
 
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "183")."""
-  num_labeled = int(arg) if arg else 183
-  if not 0 < num_labeled < TRAIN_AUG_SIZE:
-    raise ValueError(
-        f"configs/voc_pseudoseg.py:{arg}; expected a number of labeled images in "
-        f"(0, {TRAIN_AUG_SIZE}), e.g. 92, 183, 366 or 732.")
-  config = base_config("pseudoseg")
-  config.dataset.update(dict(
-      name="voc", train_split="train_aug", val_split="val", num_labeled=num_labeled,
-      crop_size=513, scale_range=(0.5, 2.0), eval_pad_to=513))
-  config.model.name = "deeplabv3plus"
-  # DeepLabV3+ has no dropout before the classifier.
-  config.model.deeplabv3plus.update(dict(backbone="resnet101", output_stride=16,
-                                         dropout_rate=0.0))
-  config.optimizer.update(dict(name="sgd", learning_rate=0.007, momentum=0.9,
-                               weight_decay=1e-4, schedule="poly", poly_power=0.9,
-                               head_lr_multiplier=1.0))
+  num_labeled = voc_num_labeled(arg, default=183, config_name="voc_pseudoseg",
+                                examples=(92, 183, 366, 732))
+  config = voc_config("pseudoseg", num_labeled=num_labeled)
+  config.dataset.update(dict(crop_size=513, eval_pad_to=513))
+  config.optimizer.update(dict(learning_rate=0.007, head_lr_multiplier=1.0))
   config.batch_size = 64
   config.unlabeled_batch_size = 64
   config.num_steps = 30_000
   config.eval_every = 2_000
   config.checkpoint_every = 2_000
-  config.eval_batch_size = 16
   return config

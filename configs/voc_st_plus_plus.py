@@ -27,10 +27,8 @@ reference uses a fixed base of 400); evaluation and labeling pad images to 512x5
 
 import math
 
-from jaxsemiseg.config import base_config
+from jaxsemiseg.config import VOC_TRAIN_AUG_SIZE, voc_config, voc_num_labeled
 
-# Images of SegmentationClassAug's train_aug list.
-TRAIN_AUG_SIZE = 10582
 EPOCHS = 80
 BATCH = 16
 # ST++ doubles the labeled ids of the supervised teacher when there are fewer than this.
@@ -39,7 +37,7 @@ FEW_LABELED = 200
 
 def round_steps(num_labeled: int) -> tuple[int, int, int]:
   """Teacher, student 1 and student 2 steps for ``num_labeled`` labeled images."""
-  pool = TRAIN_AUG_SIZE - num_labeled
+  pool = VOC_TRAIN_AUG_SIZE - num_labeled
   teacher_ids = 2 * num_labeled if num_labeled < FEW_LABELED else num_labeled
 
   def student_ids(pseudo_labeled: int) -> int:
@@ -51,22 +49,12 @@ def round_steps(num_labeled: int) -> tuple[int, int, int]:
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "92")."""
-  num_labeled = int(arg) if arg else 92
-  if not 0 < num_labeled < TRAIN_AUG_SIZE:
-    raise ValueError(
-        f"configs/voc_st_plus_plus.py:{arg}; expected a number of labeled images in "
-        f"(0, {TRAIN_AUG_SIZE}), e.g. 92, 183, 366, 732 or 1464.")
-  config = base_config("pseudo_label")
-  config.dataset.update(dict(
-      name="voc", train_split="train_aug", val_split="val", num_labeled=num_labeled,
-      crop_size=321, scale_range=(0.4, 1.6), eval_pad_to=512))
-  config.model.name = "deeplabv3plus"
-  config.model.deeplabv3plus.update(dict(backbone="resnet101", output_stride=8,
-                                         dropout_rate=0.1))
-  # ST++'s lr is 0.001 / 16 * batch size: 1e-3 at 16 images per step.
-  config.optimizer.update(dict(name="sgd", learning_rate=1e-3, momentum=0.9,
-                               weight_decay=1e-4, schedule="poly", poly_power=0.9,
-                               head_lr_multiplier=10.0))
+  num_labeled = voc_num_labeled(arg, default=92, config_name="voc_st_plus_plus",
+                                examples=(92, 183, 366, 732, 1464))
+  # ST++'s lr is 0.001 / 16 * batch size: UniMatch's 1e-3 at 16 images per step.
+  config = voc_config("pseudo_label", num_labeled=num_labeled)
+  config.dataset.scale_range = (0.4, 1.6)
+  config.model.deeplabv3plus.update(dict(output_stride=8, dropout_rate=0.1))
   config.batch_size = BATCH // 2
   config.unlabeled_batch_size = BATCH // 2
   config.pseudo_label.variant = "st++"
@@ -75,5 +63,4 @@ def get_config(arg=None):
   # keeps no best checkpoint, so validation only reports progress.
   config.checkpoint_every = 500
   config.eval_every = 5000
-  config.eval_batch_size = 16
   return config

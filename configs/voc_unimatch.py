@@ -21,39 +21,21 @@ convert torchvision's with ``jaxsemiseg.models.weights``), and evaluation pads e
 512x512 instead of running one image at a time (padding is ignored by the metric).
 """
 
-from jaxsemiseg.config import base_config
+from jaxsemiseg.config import VOC_TRAIN_AUG_SIZE, voc_config, voc_num_labeled
 
-# Images of SegmentationClassAug's train_aug list.
-TRAIN_AUG_SIZE = 10582
 EPOCHS = 80
 
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "92")."""
-  num_labeled = int(arg) if arg else 92
-  if not 0 < num_labeled < TRAIN_AUG_SIZE:
-    raise ValueError(
-        f"configs/voc_unimatch.py:{arg}; expected a number of labeled images in "
-        f"(0, {TRAIN_AUG_SIZE}), e.g. 92, 183, 366, 732 or 1464.")
-  config = base_config("unimatch")
-  config.dataset.update(dict(
-      name="voc", train_split="train_aug", val_split="val", num_labeled=num_labeled,
-      crop_size=321, scale_range=(0.5, 2.0), eval_pad_to=512))
-  config.model.name = "deeplabv3plus"
-  # UniMatch's DeepLabV3+ has no dropout before the classifier.
-  config.model.deeplabv3plus.update(dict(backbone="resnet101", output_stride=16,
-                                         dropout_rate=0.0))
-  config.optimizer.update(dict(name="sgd", learning_rate=1e-3, momentum=0.9,
-                               weight_decay=1e-4, schedule="poly", poly_power=0.9,
-                               head_lr_multiplier=10.0))
-  config.batch_size = 8
-  config.unlabeled_batch_size = 8
+  num_labeled = voc_num_labeled(arg, default=92, config_name="voc_unimatch",
+                                examples=(92, 183, 366, 732, 1464))
+  config = voc_config("unimatch", num_labeled=num_labeled)
   # One epoch is one pass over the unlabeled pool (labeled ids are repeated to match).
-  steps_per_epoch = (TRAIN_AUG_SIZE - num_labeled) // config.unlabeled_batch_size
+  steps_per_epoch = (VOC_TRAIN_AUG_SIZE - num_labeled) // config.unlabeled_batch_size
   config.num_steps = EPOCHS * steps_per_epoch
   # UniMatch evaluates and keeps the best checkpoint after every epoch.
   config.eval_every = steps_per_epoch
   config.checkpoint_every = steps_per_epoch
-  config.eval_batch_size = 16
   config.unimatch.threshold = 0.95
   return config

@@ -7,6 +7,7 @@ before any data is read or anything is compiled, with a message naming the key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -17,6 +18,9 @@ from jaxsemiseg import stacked
 DATASET_NAMES = ("shapes", "folder", "voc", "oxford_iiit_pet", "cityscapes", "scene_parse150")
 MODEL_NAMES = ("unet", "deeplabv3plus")
 UNCERTAINTY_MEASURES = ("none", "entropy", "mutual_information")
+# Images of Pascal VOC 2012's SegmentationClassAug ``train_aug`` list: the pool the labeled
+# images of every semi-supervised VOC protocol are drawn from; the rest are unlabeled.
+VOC_TRAIN_AUG_SIZE = 10582
 
 
 def base_config(method: str = "supervised") -> ml_collections.ConfigDict:
@@ -33,6 +37,69 @@ def base_config(method: str = "supervised") -> ml_collections.ConfigDict:
   config = _shared_config()
   config.method = method
   config[method] = methods.get_method(method).default_config()
+  return config
+
+
+def voc_num_labeled(arg: str | None, *, default: int, config_name: str,
+                    examples: Sequence[int]) -> int:
+  """The number of labeled images a ``configs/<config_name>.py:<arg>`` VOC run asks for.
+
+  Args:
+    arg: the config file's argument, a decimal string; None or "" means ``default``.
+    default: the reference's number of labeled images.
+    config_name: the config file's name without ``.py``, for the error message.
+    examples: the reference's split sizes, for the error message.
+
+  Returns:
+    The number of labeled ``train_aug`` images.
+
+  Raises:
+    ValueError: if ``arg`` is not a whole number in (0, VOC_TRAIN_AUG_SIZE).
+  """
+  *others, last = map(str, examples)
+  expected = (f"expected a number of labeled images in (0, {VOC_TRAIN_AUG_SIZE}), e.g. "
+              f"{', '.join(others)} or {last}.")
+  try:
+    num_labeled = int(arg) if arg else default
+  except ValueError:
+    raise ValueError(f"configs/{config_name}.py:{arg}; {expected}") from None
+  if not 0 < num_labeled < VOC_TRAIN_AUG_SIZE:
+    raise ValueError(f"configs/{config_name}.py:{arg}; {expected}")
+  return num_labeled
+
+
+def voc_config(method: str, *, num_labeled: int) -> ml_collections.ConfigDict:
+  """``base_config(method)`` on Pascal VOC 2012 with UniMatch's protocol (configs/pascal.yaml).
+
+  UniMatch's settings, which the other VOC configs start from and change where their
+  reference differs: ``num_labeled`` images of ``train_aug`` labeled and the rest
+  unlabeled, validation on ``val`` padded to 512x512; crop 321 after a long-side rescale
+  by U(0.5, 2.0); DeepLabV3+ with a ResNet-101 backbone at output stride 16 and no dropout
+  before the classifier; SGD (momentum 0.9, weight decay 1e-4) at 1e-3 with the head at
+  10x and poly decay 0.9; 8 labeled + 8 unlabeled images per step, 16 per evaluation
+  batch. The schedule (``num_steps``, ``eval_every``, ``checkpoint_every``) is each
+  reference's own and left to the config.
+
+  Args:
+    method: the training method (see :func:`base_config`).
+    num_labeled: labeled images of ``train_aug`` (e.g. from :func:`voc_num_labeled`).
+
+  Returns:
+    The config; ``dataset.root`` (the VOC2012 directory) is still to be set.
+  """
+  config = base_config(method)
+  config.dataset.update(dict(
+      name="voc", train_split="train_aug", val_split="val", num_labeled=num_labeled,
+      crop_size=321, scale_range=(0.5, 2.0), eval_pad_to=512))
+  config.model.name = "deeplabv3plus"
+  config.model.deeplabv3plus.update(dict(backbone="resnet101", output_stride=16,
+                                         dropout_rate=0.0))
+  config.optimizer.update(dict(name="sgd", learning_rate=1e-3, momentum=0.9,
+                               weight_decay=1e-4, schedule="poly", poly_power=0.9,
+                               head_lr_multiplier=10.0))
+  config.batch_size = 8
+  config.unlabeled_batch_size = 8
+  config.eval_batch_size = 16
   return config
 
 

@@ -56,6 +56,22 @@ def _kernel_env() -> dict:
   return env
 
 
+def _execute(path: pathlib.Path, parameters: dict) -> nbformat.NotebookNode:
+  """The notebook at ``path`` run in a fresh kernel with ``parameters`` as its parameters cell.
+
+  Raises:
+    nbclient.exceptions.CellExecutionError: with the cell and its traceback, if any cell
+      fails.
+  """
+  notebook = nbformat.read(path, as_version=4)
+  _parameters_cell(notebook).source = "\n".join(
+      f"{name} = {value!r}" for name, value in parameters.items())
+  client = NotebookClient(notebook, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": str(path.parent)}})
+  client.execute(env=_kernel_env())
+  return notebook
+
+
 def test_parameters_cell_holds_the_documented_defaults():
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   assert _assignments(_parameters_cell(notebook).source) == DEFAULT_PARAMETERS
@@ -72,13 +88,7 @@ def executed(tmp_path_factory):
       "DATASET_CONFIG": "tiny",
       "DATA_DIR": str(root / "tfds"),
   }
-  notebook = nbformat.read(NOTEBOOK, as_version=4)
-  _parameters_cell(notebook).source = "\n".join(
-      f"{name} = {value!r}" for name, value in parameters.items())
-  client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-  # Raises CellExecutionError, with the cell and its traceback, if any cell fails.
-  client.execute(env=_kernel_env())
+  notebook = _execute(NOTEBOOK, parameters)
   return notebook, pathlib.Path(parameters["WORKDIR"]), pathlib.Path(parameters["DATA_DIR"])
 
 

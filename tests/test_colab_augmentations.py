@@ -8,14 +8,13 @@ import re
 import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 from PIL import Image
 
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
 from jaxsemiseg.data import bundled
 
-from test_colab import _assignments, _kernel_env, _parameters_cell
+from test_colab import _assignments, _execute, _parameters_cell
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "colabs" / "augmentations.ipynb"
 DEFAULT_PARAMETERS = {"NUM_IMAGES": 4, "SEED": 0, "DATASET_CONFIG": "", "DATA_DIR": ""}
@@ -35,14 +34,7 @@ def executed(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("augmentations") / "tfds")
   parameters = {"NUM_IMAGES": NUM_IMAGES, "SEED": 0, "DATASET_CONFIG": "tiny",
                 "DATA_DIR": data_dir}
-  notebook = nbformat.read(NOTEBOOK, as_version=4)
-  _parameters_cell(notebook).source = "\n".join(
-      f"{name} = {value!r}" for name, value in parameters.items())
-  client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-  # Raises CellExecutionError, with the cell and its traceback, if any cell fails.
-  client.execute(env=_kernel_env())
-  return notebook, data_dir
+  return _execute(NOTEBOOK, parameters), data_dir
 
 
 def _outputs(notebook, output_type):

@@ -97,3 +97,35 @@ def test_bad_adversarial_settings(key, value, match):
   config.supervised.adversarial[key] = value
   with pytest.raises(ValueError, match=match):
     config_lib.validate_config(config)
+
+
+def test_voc_config_is_unimatchs_pascal_protocol():
+  config = config_lib.voc_config("cps", num_labeled=183)
+  config_lib.validate_config(config)
+  assert config.method == "cps"
+  base = config_lib.base_config()
+  assert config.dataset.to_dict() == base.dataset.to_dict() | dict(
+      name="voc", train_split="train_aug", val_split="val", num_labeled=183, crop_size=321,
+      scale_range=(0.5, 2.0), eval_pad_to=512)
+  assert (config.model.name, config.model.deeplabv3plus.backbone,
+          config.model.deeplabv3plus.output_stride,
+          config.model.deeplabv3plus.dropout_rate) == ("deeplabv3plus", "resnet101", 16, 0.0)
+  assert config.optimizer.to_dict() == base.optimizer.to_dict() | dict(
+      name="sgd", learning_rate=1e-3, momentum=0.9, weight_decay=1e-4, schedule="poly",
+      poly_power=0.9, head_lr_multiplier=10.0)
+  assert (config.batch_size, config.unlabeled_batch_size, config.eval_batch_size) == (8, 8, 16)
+
+
+@pytest.mark.parametrize("arg, expected", [(None, 92), ("", 92), ("1464", 1464), ("1", 1),
+                                           ("10581", 10581)])
+def test_voc_num_labeled_reads_the_argument_or_takes_the_default(arg, expected):
+  assert config_lib.voc_num_labeled(arg, default=92, config_name="voc_x",
+                                    examples=(92, 183)) == expected
+
+
+@pytest.mark.parametrize("arg", ["0", "10582", "-5", "1/8"])
+def test_voc_num_labeled_outside_train_aug_names_the_config_and_the_range(arg):
+  with pytest.raises(ValueError, match=(
+      rf"configs/voc_x\.py:{arg}; expected a number of labeled images in \(0, 10582\), "
+      r"e\.g\. 92, 183 or 366\.$")):
+    config_lib.voc_num_labeled(arg, default=92, config_name="voc_x", examples=(92, 183, 366))

@@ -1,15 +1,19 @@
-"""A tiny image/mask folder dataset and a matching config for end-to-end tests."""
+"""A tiny image/mask folder dataset, a matching config and model, and step runners for tests."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from PIL import Image
 
 from jaxsemiseg import config as config_lib
-from jaxsemiseg import parallel, train
+from jaxsemiseg import models, parallel, train
 
 SIZE = 16
 NUM_CLASSES = 3
@@ -39,24 +43,21 @@ def write_dataset(root: str) -> str:
 def tiny_config(root: str, **overrides):
   """A config that trains a width-4 UNet for 3 steps on the tiny dataset."""
   config = config_lib.base_config()
-  config.dataset.name = "folder"
-  config.dataset.root = root
-  config.dataset.num_classes = NUM_CLASSES
-  config.dataset.val_split = "val"
-  config.dataset.crop_size = SIZE
-  config.dataset.labeled_fraction = 0.5
+  config.dataset.update(dict(name="folder", root=root, num_classes=NUM_CLASSES,
+                             val_split="val", crop_size=SIZE, labeled_fraction=0.5))
   config.model.unet.width = 4
-  config.batch_size = 4
-  config.unlabeled_batch_size = 4
-  config.num_steps = 3
-  config.log_every = 1
-  config.eval_every = 3
-  config.checkpoint_every = 3
-  config.eval_batch_size = 4
-  config.progress_bar = False
   config.optimizer.learning_rate = 1e-2
+  config.update(dict(batch_size=4, unlabeled_batch_size=4, num_steps=3, log_every=1,
+                     eval_every=3, checkpoint_every=3, eval_batch_size=4, progress_bar=False))
   config.update_from_flattened_dict(overrides)
   return config
+
+
+def tiny_unet() -> nn.Module:
+  """A depth-1 width-4 UNet for NUM_CLASSES classes, without dropout."""
+  return models.create_model(ml_collections.ConfigDict(dict(
+      name="unet", dtype="float32", num_classes=NUM_CLASSES, width=4, depth=1, groups=4,
+      dropout_rate=0.0)))
 
 
 def load_config(name: str, arg=None):
@@ -77,3 +78,24 @@ def runs_on_one_and_four_devices(config, batch) -> dict:
     step = parallel.compile_step(run.method.make_train_step(run.model, run.tx, config), mesh)
     runs[devices] = (run, step, parallel.to_global_batch(batch, mesh))
   return runs
+
+
+def copy_state(tree):
+  """A copy of ``tree``'s arrays: compiled steps donate their state, a fixture's must live on."""
+  return jax.tree.map(jnp.copy, tree)
+
+
+def train_on_fixed_batch(step, state, batch, num_steps: int) -> tuple:
+  """Runs ``step`` ``num_steps`` times on ``batch``, from a copy of ``state``.
+
+  Step i draws from ``fold_in(key(0), i)``, as the loop folds in the step number.
+
+  Returns:
+    The last state and the list of each step's metrics, fetched to the host.
+  """
+  state = copy_state(state)
+  history = []
+  for i in range(num_steps):
+    state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(0), i))
+    history.append(jax.device_get(metrics))
+  return state, history

@@ -1,36 +1,30 @@
 """CPS's cross supervision and the shared co-training members, on a tiny UNet.
 
-The step itself (its terms, learning, 1 vs 4 devices, a run of the loop) is checked with
-the other methods in ``test_self_training.py``.
+CPS's step (its terms, learning, 1 vs 4 devices, a run of the loop) is checked with the
+other methods in ``test_self_training.py``.
 """
-
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
-from jaxsemiseg import evaluate, losses, models, parallel, train
+from jaxsemiseg import evaluate, losses, parallel, train
 from jaxsemiseg.augment import mixing
 from jaxsemiseg.methods import common, cotraining, cps
 
 import tiny_data
 
-SIZE, BATCH, NUM_CLASSES = 16, 2, 3
+SIZE, BATCH, NUM_CLASSES = 16, 2, tiny_data.NUM_CLASSES
 
 
 @pytest.fixture(scope="module")
 def setup():
   """A depth-1 width-4 UNet, two stacked members and an unlabeled batch pair with masks."""
-  model = models.create_model(ml_collections.ConfigDict(dict(
-      name="unet", dtype="float32", num_classes=NUM_CLASSES, width=4, depth=1, groups=4,
-      dropout_rate=0.0)))
+  model = tiny_data.tiny_unet()
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.random((BATCH, SIZE, SIZE, 3)), jnp.float32)
   partner_images = jnp.asarray(rng.random((BATCH, SIZE, SIZE, 3)), jnp.float32)
@@ -186,26 +180,18 @@ def test_check_config_names_bad_values():
                             num_members=0)
 
 
-def _load_config(name: str, arg=None):
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def test_configs_validate_and_voc_follows_torchsemiseg():
   for name in ("cps", "deep_cotraining"):
-    config = _load_config(name)
+    config = tiny_data.load_config(name)
     config_lib.validate_config(config)
     assert config.method == name
-  voc = _load_config("voc_cps")
+  voc = tiny_data.load_config("voc_cps")
   config_lib.validate_config(voc)
   assert (voc.dataset.num_labeled, voc.dataset.crop_size) == (1322, 512)
   assert voc.model.deeplabv3plus.backbone == "resnet101"
   assert (voc.optimizer.learning_rate, voc.batch_size, voc.cps.cps_weight) == (0.005, 16, 1.0)
   # 34 epochs of max(1322, 9260) images in batches of 16.
   assert voc.num_steps == 34 * (9260 // 16)
-  assert _load_config("voc_cps", "662").num_steps == 34 * (9920 // 16)
+  assert tiny_data.load_config("voc_cps", "662").num_steps == 34 * (9920 // 16)
   with pytest.raises(ValueError, match="voc_cps.py:0"):
-    _load_config("voc_cps", "0")
+    tiny_data.load_config("voc_cps", "0")

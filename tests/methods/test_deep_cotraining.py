@@ -1,30 +1,29 @@
 """Deep Co-Training's labeled shares and view-difference term, on a tiny UNet.
 
-The step itself (its terms, learning, 1 vs 4 devices, a run of the loop) is checked with
-the other methods in ``test_self_training.py``.
+Deep Co-Training's step (its terms, learning, 1 vs 4 devices, a run of the loop) is
+checked with the other methods in ``test_self_training.py``.
 """
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from jaxsemiseg import config as config_lib
-from jaxsemiseg import losses, models
+from jaxsemiseg import losses
 from jaxsemiseg.augment import adversarial
 from jaxsemiseg.methods import common, cotraining, deep_cotraining
 
-SIZE, BATCH, NUM_CLASSES = 16, 2, 3
+import tiny_data
+
+SIZE, BATCH, NUM_CLASSES = 16, 2, tiny_data.NUM_CLASSES
 
 
 @pytest.fixture(scope="module")
 def setup():
   """A depth-1 width-4 UNet, two stacked nets, a batch and the nets' clean probabilities."""
-  model = models.create_model(ml_collections.ConfigDict(dict(
-      name="unet", dtype="float32", num_classes=NUM_CLASSES, width=4, depth=1, groups=4,
-      dropout_rate=0.0)))
+  model = tiny_data.tiny_unet()
   rng = np.random.default_rng(0)
   labels = rng.integers(0, NUM_CLASSES, (BATCH, SIZE, SIZE))
   labels[0, -3:] = 255

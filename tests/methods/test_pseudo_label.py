@@ -195,18 +195,10 @@ def student(tmp_path_factory):
   return config, runs
 
 
-def _copy(tree):
-  return jax.tree.map(jnp.copy, tree)
-
-
 def test_student_step_learns_a_fixed_batch(student):
   _, runs = student
   run, step, batch = runs[1]
-  state = _copy(run.state)
-  history = []
-  for i in range(NUM_STEPS):
-    state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(0), i))
-    history.append(jax.device_get(metrics))
+  _, history = tiny_data.train_on_fixed_batch(step, run.state, batch, NUM_STEPS)
   assert history[0].keys() == {"loss", "loss_ce", "grad_norm", "pseudo_label_fraction"}
   for metrics in history:
     np.testing.assert_allclose(metrics["loss"], metrics["loss_ce"], rtol=1e-6)
@@ -222,7 +214,7 @@ def test_student_loss_is_one_cross_entropy_over_labeled_and_pseudo_labeled_pixel
   config = config.copy_and_resolve_references()
   config.pseudo_label.strong_view = False
   step = jax.jit(run.method.make_train_step(run.model, optax.sgd(0.0), config))
-  _, metrics = step(_copy(run.state), batch, jax.random.key(0))
+  _, metrics = step(tiny_data.copy_state(run.state), batch, jax.random.key(0))
   logits = run.model.apply(run.state.variables, jnp.concatenate(
       [batch["image"], batch["image_p"]]), train=True)["logits"]
   labels = np.concatenate([batch["label"], batch["label_p"]])
@@ -237,7 +229,7 @@ def test_one_and_four_devices_agree(student):
   _, runs = student
   results = {}
   for devices, (run, step, batch) in runs.items():
-    state, metrics = step(_copy(run.state), batch, jax.random.key(3))
+    state, metrics = step(tiny_data.copy_state(run.state), batch, jax.random.key(3))
     state, metrics = step(state, batch, jax.random.key(4))
     results[devices] = jax.device_get((state.params, metrics))
   (params1, metrics1), (params4, metrics4) = results[1], results[4]

@@ -8,7 +8,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -20,7 +19,7 @@ from jaxsemiseg.models import layers, pseudoseg_heads
 
 import tiny_data
 
-SIZE, BATCH, NUM_CLASSES = 16, 4, 3
+SIZE, BATCH, NUM_CLASSES = 16, 4, tiny_data.NUM_CLASSES
 NUM_STEPS = 10
 
 
@@ -289,9 +288,7 @@ def test_attention_logits_train_only_the_attention_module():
 
 
 def _model_and_state(tx=None):
-  model = models.create_model(ml_collections.ConfigDict(dict(
-      name="unet", dtype="float32", num_classes=NUM_CLASSES, width=4, depth=1, groups=4,
-      dropout_rate=0.0)))
+  model = tiny_data.tiny_unet()
   config = config_lib.base_config("pseudoseg")
   state = pseudoseg.init_state(jax.random.key(0), model, tx or optax.sgd(0.1),
                                {"image": jnp.zeros((1, SIZE, SIZE, 3))}, config)
@@ -352,17 +349,9 @@ def compiled_steps():
   return runs
 
 
-def _copy(tree):
-  return jax.tree.map(jnp.copy, tree)
-
-
 def test_step_reports_its_terms_and_learns_a_fixed_batch(compiled_steps):
   step, state, batch = compiled_steps[1]
-  state = _copy(state)
-  history = []
-  for i in range(NUM_STEPS):
-    state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(0), i))
-    history.append(jax.device_get(metrics))
+  state, history = tiny_data.train_on_fixed_batch(step, state, batch, NUM_STEPS)
   for metrics in history:
     assert metrics.keys() == {"loss", "grad_norm", "loss_x", "loss_ce", "loss_cls",
                               "loss_att", "loss_u", "pseudo_confidence"}
@@ -380,7 +369,7 @@ def test_step_reports_its_terms_and_learns_a_fixed_batch(compiled_steps):
 def test_one_and_four_devices_agree(compiled_steps):
   results = {}
   for devices, (step, state, batch) in compiled_steps.items():
-    state, metrics = step(_copy(state), batch, jax.random.key(3))
+    state, metrics = step(tiny_data.copy_state(state), batch, jax.random.key(3))
     state, metrics = step(state, batch, jax.random.key(4))
     results[devices] = jax.device_get((state.params, state.batch_stats, state.extras,
                                        metrics))

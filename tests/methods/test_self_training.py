@@ -213,10 +213,6 @@ def fixed_batch(config) -> dict:
   return batch
 
 
-def _copy(tree):
-  return jax.tree.map(jnp.copy, tree)
-
-
 @pytest.fixture(scope="module", params=METHODS)
 def method_runs(request, dataset_root):
   """The method's config, batch, and its run and compiled step on 1 and on 4 devices."""
@@ -232,11 +228,7 @@ def method_runs(request, dataset_root):
 def test_step_reports_its_terms_and_learns_a_fixed_batch(method_runs):
   method, _, runs = method_runs
   run, step, batch = runs[1]
-  state = _copy(run.state)
-  history = []
-  for i in range(NUM_STEPS):
-    state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(0), i))
-    history.append(jax.device_get(metrics))
+  state, history = tiny_data.train_on_fixed_batch(step, run.state, batch, NUM_STEPS)
   first, last = history[0], history[-1]
   for metrics in history:
     assert metrics.keys() == {"loss", "grad_norm", *TERMS[method]}
@@ -255,7 +247,7 @@ def test_one_and_four_devices_agree(method_runs):
   _, _, runs = method_runs
   results = {}
   for devices, (run, step, batch) in runs.items():
-    state, metrics = step(_copy(run.state), batch, jax.random.key(3))
+    state, metrics = step(tiny_data.copy_state(run.state), batch, jax.random.key(3))
     state, metrics = step(state, batch, jax.random.key(4))
     results[devices] = jax.device_get((state.params, state.extras, metrics))
   (params1, extras1, metrics1), (params4, extras4, metrics4) = results[1], results[4]
