@@ -239,6 +239,15 @@ def _check_same_shape(values: jax.Array, targets: jax.Array, names: str) -> None
         "maps of one shape.")
 
 
+def _soft_target_inputs(
+    logits: jax.Array, target_probs: jax.Array, mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(counted, t, log softmax(z))`` in float32, with no gradient into the target ``t``."""
+  counted = _check_mask(mask, logits.shape[:-1], "mask")
+  target = jax.lax.stop_gradient(target_probs).astype(jnp.float32)
+  return counted, target, jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
 def _entropy(probs: jax.Array) -> jax.Array:
   """``-sum_c p_c log p_c`` over the last axis, with ``0 log 0 = 0``.
 
@@ -303,9 +312,7 @@ def kl_divergence(
     ValueError: on mismatched shapes.
   """
   _check_same_shape(target_probs, logits, "target_probs and logits")
-  counted = _check_mask(mask, logits.shape[:-1], "mask")
-  target = jax.lax.stop_gradient(target_probs).astype(jnp.float32)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  counted, target, log_probs = _soft_target_inputs(logits, target_probs, mask)
   kl = -_entropy(target) - (target * log_probs).sum(axis=-1)
   per_pixel = jnp.where(counted, kl, 0.0)
   return _masked_mean(per_pixel, counted), per_pixel
@@ -361,9 +368,7 @@ def soft_cross_entropy(
     ValueError: on mismatched shapes.
   """
   _check_same_shape(logits, target_probs, "logits and target_probs")
-  counted = _check_mask(mask, logits.shape[:-1], "mask")
-  target = jax.lax.stop_gradient(target_probs).astype(jnp.float32)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  counted, target, log_probs = _soft_target_inputs(logits, target_probs, mask)
   per_pixel = jnp.where(counted, -(target * log_probs).sum(axis=-1), 0.0)
   return _masked_mean(per_pixel, counted), per_pixel
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -52,6 +53,39 @@ def supervised_loss(logits: jax.Array, labels: jax.Array,
     metrics["loss_dice"] = dice
     loss = loss + config.dice_weight * dice
   return loss, metrics
+
+
+def forward_labeled_and_unlabeled(
+    key: jax.Array, model, params: Any, batch_stats: Any, images: jax.Array,
+    labels: jax.Array, unlabeled_images: jax.Array, *,
+    loss_config: ml_collections.ConfigDict) -> tuple[jax.Array, dict, jax.Array, Any]:
+  """One train-mode pass over labeled and unlabeled images, and the labeled loss ``L_x``.
+
+  The two go through the network as one batch, as the references'
+  ``model(torch.cat((x, u)))``, so BatchNorm normalises both with one set of batch
+  statistics and updates its running averages once.
+
+  Args:
+    key: the dropout key.
+    model: the segmentation model.
+    params: its parameters (the ones the gradient is taken of).
+    batch_stats: its BatchNorm statistics (empty for models without BatchNorm).
+    images: float32 ``[B, H, W, 3]`` labeled images.
+    labels: int32 ``[B, H, W]`` their labels.
+    unlabeled_images: float32 ``[Bu, H, W, 3]``, e.g. weak or strong views.
+    loss_config: ``config.loss``, as ``supervised_loss`` reads it.
+
+  Returns:
+    ``(loss_x, terms, unlabeled_logits, batch_stats)``: the labeled loss and its terms
+    (``supervised_loss``), the ``[Bu, H, W, C]`` logits of ``unlabeled_images`` and the
+    updated BatchNorm statistics.
+  """
+  outputs, batch_stats = forward(model, params, batch_stats,
+                                 jnp.concatenate([images, unlabeled_images]), train=True,
+                                 rng=key)
+  num_labeled = images.shape[0]
+  loss_x, terms = supervised_loss(outputs["logits"][:num_labeled], labels, loss_config)
+  return loss_x, terms, outputs["logits"][num_labeled:], batch_stats
 
 
 def apply_updates_with_heads(tx, state, grads: Any, heads: Any, head_grads: Any,

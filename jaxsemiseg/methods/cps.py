@@ -33,7 +33,7 @@ import optax
 
 from jaxsemiseg import losses
 from jaxsemiseg.augment import mixing
-from jaxsemiseg.methods import common, cotraining
+from jaxsemiseg.methods import common, cotraining, self_training
 from jaxsemiseg.state import TrainState
 
 USES_UNLABELED = True
@@ -57,8 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming a ``config.cps`` value outside its range."""
   settings = config.cps
-  if settings.cps_weight < 0:
-    raise ValueError(f"config.cps.cps_weight={settings.cps_weight}; expected >= 0.")
+  self_training.check_non_negative("config.cps.cps_weight", settings.cps_weight)
   if settings.num_boxes < 1:
     raise ValueError(f"config.cps.num_boxes={settings.num_boxes}; expected >= 1.")
   low, high = settings.box_area_range

@@ -53,7 +53,7 @@ import optax
 
 from jaxsemiseg import losses, stacked
 from jaxsemiseg.augment import adversarial
-from jaxsemiseg.methods import common, cotraining
+from jaxsemiseg.methods import common, cotraining, self_training
 from jaxsemiseg.state import TrainState
 
 USES_UNLABELED = True
@@ -95,14 +95,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f"config.batch_size={config.batch_size} < config.deep_cotraining.num_members="
         f"{settings.num_members}: every net needs at least one labeled image per batch.")
   for name in ("cot_weight", "adv_weight", "fgsm_epsilon", "vat_epsilon", "rampup_steps"):
-    if settings[name] < 0:
-      raise ValueError(f"config.deep_cotraining.{name}={settings[name]}; expected >= 0.")
+    self_training.check_non_negative(f"config.deep_cotraining.{name}", settings[name])
   if settings.vat_xi <= 0:
     raise ValueError(f"config.deep_cotraining.vat_xi={settings.vat_xi}; expected > 0.")
-  if not 0.0 <= settings.labeled_adversarial_p <= 1.0:
-    raise ValueError(
-        f"config.deep_cotraining.labeled_adversarial_p={settings.labeled_adversarial_p}; "
-        "expected a probability in [0, 1].")
+  self_training.check_unit_interval("config.deep_cotraining.labeled_adversarial_p",
+                                    settings.labeled_adversarial_p)
   cotraining.check_no_pretrained(config)
 
 

@@ -95,9 +95,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"config.ensemble_self_training.num_members={settings.num_members}; expected at "
         "least 1 member (4 by default).")
-  if settings.filter not in FILTERS:
-    raise ValueError(
-        f"config.ensemble_self_training.filter={settings.filter!r}; expected one of {FILTERS}.")
+  self_training.check_one_of("config.ensemble_self_training.filter", settings.filter, FILTERS)
   self_training.check_unit_interval("config.ensemble_self_training.threshold",
                                     settings.threshold)
   self_training.check_unit_interval("config.ensemble_self_training.cutmix_p",
@@ -203,13 +201,10 @@ def make_member_step(model, tx: optax.GradientTransformation,
     targets = mixing.mix(boxes[0], pseudo, partner)
 
     def loss_fn(params: Any):
-      outputs, batch_stats = common.forward(
-          model, params, member.batch_stats, jnp.concatenate([images, strong[0]]),
-          train=True, rng=dropout_key)
-      loss_x, terms = common.supervised_loss(outputs["logits"][:num_labeled], labels,
-                                             config.loss)
-      loss_u = self_training.confident_cross_entropy(
-          outputs["logits"][num_labeled:], targets, threshold=KEPT)
+      loss_x, terms, strong_logits, batch_stats = common.forward_labeled_and_unlabeled(
+          dropout_key, model, params, member.batch_stats, images, labels, strong[0],
+          loss_config=config.loss)
+      loss_u = self_training.confident_cross_entropy(strong_logits, targets, threshold=KEPT)
       metrics = {**terms, "loss_x": loss_x, "loss_u": loss_u}
       return (loss_x + loss_u) / 2, (batch_stats, metrics)
 

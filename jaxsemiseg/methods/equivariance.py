@@ -33,7 +33,7 @@ import ml_collections
 import optax
 
 from jaxsemiseg import losses
-from jaxsemiseg.augment import geometric, photometric
+from jaxsemiseg.augment import geometric
 from jaxsemiseg.methods import common, self_training, supervised
 from jaxsemiseg.state import TrainState
 
@@ -72,12 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming a ``config.equivariance`` value outside its range."""
   settings = config.equivariance
-  if settings.loss not in CONSISTENCY_LOSSES:
-    raise ValueError(
-        f"config.equivariance.loss={settings.loss!r}; expected one of {CONSISTENCY_LOSSES}.")
+  self_training.check_one_of("config.equivariance.loss", settings.loss, CONSISTENCY_LOSSES)
   for name in ("consistency_weight", "rampup_steps", "degrees"):
-    if settings[name] < 0:
-      raise ValueError(f"config.equivariance.{name}={settings[name]}; expected >= 0.")
+    self_training.check_non_negative(f"config.equivariance.{name}", settings[name])
   if len(settings.scale) != 2 or not 0 < settings.scale[0] <= settings.scale[1]:
     raise ValueError(
         f"config.equivariance.scale={tuple(settings.scale)}; expected a zoom range (low, "
@@ -205,19 +202,15 @@ def make_train_step(model, tx: optax.GradientTransformation,
     warps = jax.vmap(draw)(jax.random.split(warp_rng, images_u.shape[0]), images_u)
     view = transform_images(warps, images_u)
     if settings.strong_colour:
-      view = jax.vmap(photometric.unimatch_strong_colour)(
-          jax.random.split(colour_rng, view.shape[0]), view)
+      view = self_training.strong_colour_batch(colour_rng, view)
     weight = settings.consistency_weight * losses.sigmoid_rampup(
         state.step, length=settings.rampup_steps)
-    num_labeled, num_unlabeled = batch["image"].shape[0], images_u.shape[0]
 
     def loss_fn(params: Any):
-      outputs, batch_stats = common.forward(
-          model, params, state.batch_stats, jnp.concatenate([batch["image"], images_u, view]),
-          train=True, rng=dropout_rng)
-      logits_x, logits_u, logits_view = jnp.split(
-          outputs["logits"], [num_labeled, num_labeled + num_unlabeled])
-      loss_x, terms = common.supervised_loss(logits_x, batch["label"], config.loss)
+      loss_x, terms, unlabeled_logits, batch_stats = common.forward_labeled_and_unlabeled(
+          dropout_rng, model, params, state.batch_stats, batch["image"], batch["label"],
+          jnp.concatenate([images_u, view]), loss_config=config.loss)
+      logits_u, logits_view = jnp.split(unlabeled_logits, 2)
       target, counted = transform_targets(
           warps, jax.nn.softmax(jax.lax.stop_gradient(logits_u), axis=-1), batch["valid_u"])
       loss_consistency = consistency(logits_view, target, counted, kind=settings.loss)

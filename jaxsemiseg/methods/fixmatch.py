@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -66,21 +65,14 @@ def make_train_step(model, tx: optax.GradientTransformation,
 
   def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
     view_rng, weak_rng, strong_rng = jax.random.split(rng, 3)
-    partner = self_training.predict_pseudo_labels(
-        model, state.params, state.batch_stats, batch["image_u2"], batch["valid_u2"])
-    strong, boxes = self_training.strong_cutmix_views(
-        view_rng, batch["image_u"], batch["image_u2"], num_views=1,
-        cutmix_p=settings.cutmix_p)
-    num_labeled = batch["image"].shape[0]
+    partner, strong, boxes = self_training.partner_and_strong_views(
+        view_rng, model, state, batch, num_views=1, cutmix_p=settings.cutmix_p)
 
     def loss_fn(params: Any):
-      outputs, batch_stats = common.forward(
-          model, params, state.batch_stats,
-          jnp.concatenate([batch["image"], batch["image_u"]]), train=True, rng=weak_rng)
-      loss_x, terms = common.supervised_loss(
-          outputs["logits"][:num_labeled], batch["label"], config.loss)
-      weak = self_training.pseudo_labels_from_logits(
-          outputs["logits"][num_labeled:], batch["valid_u"])
+      loss_x, terms, weak_logits, batch_stats = common.forward_labeled_and_unlabeled(
+          weak_rng, model, params, state.batch_stats, batch["image"], batch["label"],
+          batch["image_u"], loss_config=config.loss)
+      weak = self_training.pseudo_labels_from_logits(weak_logits, batch["valid_u"])
       strong_outputs, batch_stats = common.forward(
           model, params, batch_stats, strong[0], train=True, rng=strong_rng)
       loss_s = self_training.confident_cross_entropy(

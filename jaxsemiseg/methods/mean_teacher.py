@@ -36,7 +36,6 @@ import ml_collections
 import optax
 
 from jaxsemiseg import losses
-from jaxsemiseg.augment import photometric
 from jaxsemiseg.methods import common, self_training, supervised
 from jaxsemiseg.state import TrainState
 
@@ -68,17 +67,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming a ``config.mean_teacher`` value outside its range."""
   settings = config.mean_teacher
   self_training.check_unit_interval("config.mean_teacher.ema_decay", settings.ema_decay)
-  if settings.consistency_weight < 0:
-    raise ValueError(
-        f"config.mean_teacher.consistency_weight={settings.consistency_weight}; expected >= 0.")
+  self_training.check_non_negative("config.mean_teacher.consistency_weight",
+                                   settings.consistency_weight)
   if settings.rampup_steps < 0:
     raise ValueError(
         f"config.mean_teacher.rampup_steps={settings.rampup_steps}; expected a step count "
         ">= 0 (0 = no ramp-up).")
-  if settings.teacher_batch_stats not in TEACHER_BATCH_STATS:
-    raise ValueError(
-        f"config.mean_teacher.teacher_batch_stats={settings.teacher_batch_stats!r}; expected "
-        f"one of {TEACHER_BATCH_STATS}.")
+  self_training.check_one_of("config.mean_teacher.teacher_batch_stats",
+                             settings.teacher_batch_stats, TEACHER_BATCH_STATS)
 
 
 def init_state(rng: jax.Array, model, tx: optax.GradientTransformation,
@@ -141,19 +137,15 @@ def make_train_step(model, tx: optax.GradientTransformation,
     teacher_probs = _teacher_probs(model, teacher, batch["image_u"])
     student_view = batch["image_u"]
     if settings.strong_colour:
-      student_view = jax.vmap(photometric.unimatch_strong_colour)(
-          jax.random.split(colour_rng, student_view.shape[0]), student_view)
+      student_view = self_training.strong_colour_batch(colour_rng, student_view)
     weight = settings.consistency_weight * losses.sigmoid_rampup(
         state.step, length=settings.rampup_steps)
-    num_labeled = batch["image"].shape[0]
 
     def loss_fn(params: Any):
-      outputs, batch_stats = common.forward(
-          model, params, state.batch_stats, jnp.concatenate([batch["image"], student_view]),
-          train=True, rng=dropout_rng)
-      loss_x, terms = common.supervised_loss(
-          outputs["logits"][:num_labeled], batch["label"], config.loss)
-      student_probs = jax.nn.softmax(outputs["logits"][num_labeled:], axis=-1)
+      loss_x, terms, student_logits, batch_stats = common.forward_labeled_and_unlabeled(
+          dropout_rng, model, params, state.batch_stats, batch["image"], batch["label"],
+          student_view, loss_config=config.loss)
+      student_probs = jax.nn.softmax(student_logits, axis=-1)
       consistency, _ = losses.probability_mse(
           student_probs, teacher_probs, mask=batch["valid_u"])
       metrics = {**terms, "loss_x": loss_x, "loss_consistency": consistency,

@@ -71,9 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming a ``config.pseudo_label`` value outside its range."""
   settings = config.pseudo_label
-  if settings.variant not in VARIANTS:
-    raise ValueError(
-        f"config.pseudo_label.variant={settings.variant!r}; expected one of {VARIANTS}.")
+  self_training.check_one_of("config.pseudo_label.variant", settings.variant, VARIANTS)
   self_training.check_unit_interval("config.pseudo_label.confidence_threshold",
                                     settings.confidence_threshold)
   if not settings.tta_scales or any(scale <= 0 for scale in settings.tta_scales):

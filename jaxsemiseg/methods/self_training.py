@@ -5,13 +5,15 @@ and 4) train a strong view of an unlabeled image on the hard pseudo-labels of it
 view, counting only confident pixels but dividing by every valid pixel. Their strong
 views paste a box of a second unlabeled image (``image_u2``), whose own weak prediction
 supplies the pseudo-labels inside the box. Mean Teacher keeps an exponential moving
-average of the student's parameters. One implementation of each piece lives here.
+average of the student's parameters. One implementation of each piece lives here, and
+so do the field checks the methods' ``check_config`` share (``check_unit_interval``,
+``check_non_negative``, ``check_one_of``).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +107,20 @@ def confident_cross_entropy(logits: jax.Array, pseudo: PseudoLabels, *,
   return loss
 
 
+def strong_colour_batch(key: jax.Array, images: jax.Array) -> jax.Array:
+  """``photometric.unimatch_strong_colour`` of every image, each with its own key.
+
+  Args:
+    key: PRNG key, split into one key per image.
+    images: float32 ``[B, H, W, 3]``.
+
+  Returns:
+    The ``[B, H, W, 3]`` strong colour views.
+  """
+  return jax.vmap(photometric.unimatch_strong_colour)(
+      jax.random.split(key, images.shape[0]), images)
+
+
 def strong_cutmix_views(key: jax.Array, images: jax.Array, partner_images: jax.Array, *,
                         num_views: int, cutmix_p: float) -> tuple[jax.Array, jax.Array]:
   """UniMatch strong views of ``images``, each with a box of a partner's strong view.
@@ -138,8 +154,7 @@ def strong_cutmix_views(key: jax.Array, images: jax.Array, partner_images: jax.A
   colour_key, box_key = jax.random.split(key)
   batch_size = images.shape[0]
   originals = jnp.concatenate([images] * num_views + [partner_images] * num_views)
-  coloured = jax.vmap(photometric.unimatch_strong_colour)(
-      jax.random.split(colour_key, originals.shape[0]), originals)
+  coloured = strong_colour_batch(colour_key, originals)
   strong, partner_strong = coloured.reshape((2, num_views) + images.shape)
   sampler = functools.partial(mixing.unimatch_cutmix_box, size=images.shape[1:3], p=cutmix_p)
   boxes = jax.vmap(sampler)(jax.random.split(box_key, num_views * batch_size))
@@ -147,10 +162,53 @@ def strong_cutmix_views(key: jax.Array, images: jax.Array, partner_images: jax.A
   return mixing.mix(boxes, strong, partner_strong), boxes
 
 
+def partner_and_strong_views(
+    key: jax.Array, model, state: TrainState, batch: dict, *, num_views: int,
+    cutmix_p: float) -> tuple[PseudoLabels, jax.Array, jax.Array]:
+  """FixMatch's and UniMatch's CutMix inputs: the partner's pseudo-labels, strong views.
+
+  The partner batch ``image_u2`` is labeled in eval mode by the current network
+  (``predict_pseudo_labels``) and ``strong_cutmix_views`` pastes boxes of its strong views
+  into ``num_views`` strong views of ``image_u``.
+
+  Args:
+    key: PRNG key of the strong views.
+    model: the segmentation model.
+    state: the train state whose ``params`` and ``batch_stats`` label the partner.
+    batch: needs ``image_u``, ``image_u2`` and ``valid_u2``.
+    num_views: V, the number of strong views (FixMatch 1, UniMatch 2).
+    cutmix_p: probability that a view of an image gets a box.
+
+  Returns:
+    ``(partner, strong_images, boxes)``: the partner's ``PseudoLabels`` and
+    ``strong_cutmix_views``' ``[V, B, H, W, 3]`` images and ``[V, B, H, W]`` boxes.
+
+  Raises:
+    ValueError: as ``strong_cutmix_views``.
+  """
+  partner = predict_pseudo_labels(model, state.params, state.batch_stats,
+                                  batch["image_u2"], batch["valid_u2"])
+  strong, boxes = strong_cutmix_views(key, batch["image_u"], batch["image_u2"],
+                                      num_views=num_views, cutmix_p=cutmix_p)
+  return partner, strong, boxes
+
+
 def check_unit_interval(name: str, value: float) -> None:
   """Raises ValueError naming config field ``name`` unless ``0 <= value <= 1``."""
   if not 0.0 <= value <= 1.0:
     raise ValueError(f"{name}={value}; expected a value in [0, 1].")
+
+
+def check_non_negative(name: str, value: float) -> None:
+  """Raises ValueError naming config field ``name`` unless ``value >= 0``."""
+  if value < 0:
+    raise ValueError(f"{name}={value}; expected >= 0.")
+
+
+def check_one_of(name: str, value: Any, choices: Sequence[Any]) -> None:
+  """Raises ValueError naming config field ``name`` unless ``value`` is in ``choices``."""
+  if value not in choices:
+    raise ValueError(f"{name}={value!r}; expected one of {choices}.")
 
 
 def ema_decay(step: jax.Array | int, *, alpha: float) -> jax.Array:

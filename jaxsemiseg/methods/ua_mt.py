@@ -87,9 +87,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming a ``config.ua_mt`` value out of range, or a dropout-free model."""
   settings = config.ua_mt
   self_training.check_unit_interval("config.ua_mt.ema_decay", settings.ema_decay)
-  if settings.consistency_weight < 0:
-    raise ValueError(
-        f"config.ua_mt.consistency_weight={settings.consistency_weight}; expected >= 0.")
+  self_training.check_non_negative("config.ua_mt.consistency_weight",
+                                   settings.consistency_weight)
   for name in ("rampup_steps", "threshold_rampup_steps"):
     if settings[name] < -1:
       raise ValueError(
@@ -103,10 +102,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"config.ua_mt.noise_std={settings.noise_std} and noise_clip={settings.noise_clip}; "
         "expected both >= 0.")
-  if settings.teacher_batch_stats not in mean_teacher.TEACHER_BATCH_STATS:
-    raise ValueError(
-        f"config.ua_mt.teacher_batch_stats={settings.teacher_batch_stats!r}; expected one of "
-        f"{mean_teacher.TEACHER_BATCH_STATS}.")
+  self_training.check_one_of("config.ua_mt.teacher_batch_stats",
+                             settings.teacher_batch_stats, mean_teacher.TEACHER_BATCH_STATS)
   # An unknown model name is reported by config.validate_config itself.
   model_settings = config.model.get(config.model.name)
   dropout_rate = model_settings.dropout_rate if model_settings else None
@@ -204,15 +201,12 @@ def make_train_step(model, tx: optax.GradientTransformation,
     mask = certain_mask(uncertainty_samples, batch["valid_u"], threshold=threshold)
     weight = settings.consistency_weight * losses.sigmoid_rampup(state.step,
                                                                  length=rampup_steps)
-    num_labeled = batch["image"].shape[0]
 
     def loss_fn(params: Any):
-      outputs, batch_stats = common.forward(
-          model, params, state.batch_stats,
-          jnp.concatenate([batch["image"], batch["image_u"]]), train=True, rng=dropout_rng)
-      loss_x, terms = common.supervised_loss(
-          outputs["logits"][:num_labeled], batch["label"], config.loss)
-      student_probs = jax.nn.softmax(outputs["logits"][num_labeled:], axis=-1)
+      loss_x, terms, student_logits, batch_stats = common.forward_labeled_and_unlabeled(
+          dropout_rng, model, params, state.batch_stats, batch["image"], batch["label"],
+          batch["image_u"], loss_config=config.loss)
+      student_probs = jax.nn.softmax(student_logits, axis=-1)
       consistency, _ = losses.probability_mse(student_probs, target, mask=mask)
       metrics = {**terms, "loss_x": loss_x, "loss_consistency": consistency,
                  "consistency_weight": weight}

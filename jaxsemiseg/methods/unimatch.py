@@ -101,11 +101,8 @@ def make_train_step(model, tx: optax.GradientTransformation,
 
   def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
     view_rng, weak_rng, perturbation_rng, strong_rng = jax.random.split(rng, 4)
-    partner = self_training.predict_pseudo_labels(
-        model, state.params, state.batch_stats, batch["image_u2"], batch["valid_u2"])
-    strong, boxes = self_training.strong_cutmix_views(
-        view_rng, batch["image_u"], batch["image_u2"], num_views=2,
-        cutmix_p=settings.cutmix_p)
+    partner, strong, boxes = self_training.partner_and_strong_views(
+        view_rng, model, state, batch, num_views=2, cutmix_p=settings.cutmix_p)
     num_labeled = batch["image"].shape[0]
     num_weak = num_labeled + batch["image_u"].shape[0]
     unlabeled_loss = functools.partial(self_training.confident_cross_entropy,

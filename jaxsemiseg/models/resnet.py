@@ -14,7 +14,7 @@ ImageNet-normalised images (the segmentation models normalise before calling it)
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,16 +22,14 @@ import jax.numpy as jnp
 
 from jaxsemiseg.models import layers
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs with a residual connection (ResNet-18/34).
 
-  torchvision refuses dilation in BasicBlocks; here both 3x3 convs take the block's
-  dilation so that ResNet-18/34 can also serve a dilated DeepLab.
+class _ResidualBlock(nn.Module):
+  """The fields, layers and shortcut that BasicBlock and Bottleneck share.
 
   Attributes:
-    channels: output channels.
-    strides: stride of the first conv (and of the projection shortcut).
-    dilation: dilation of both 3x3 convs.
+    channels: the block's base width; its output has ``expansion * channels``.
+    strides: stride of the block's strided conv and of the projection shortcut.
+    dilation: dilation of the block's 3x3 conv(s).
     dtype: computation dtype.
   """
 
@@ -42,51 +40,56 @@ class BasicBlock(nn.Module):
 
   expansion = 1
 
+  def layer_factories(
+      self, train: bool) -> tuple[Callable[..., nn.Conv], Callable[..., nn.BatchNorm]]:
+    """``(conv, norm)``: torchvision-style conv and BatchNorm factories in this dtype."""
+    return (functools.partial(layers.torch_conv, dtype=self.dtype),
+            functools.partial(layers.torch_batch_norm, train=train, dtype=self.dtype))
+
+  def add_shortcut(self, x: jax.Array, y: jax.Array, conv: Callable[..., nn.Conv],
+                   norm: Callable[..., nn.BatchNorm]) -> jax.Array:
+    """``relu(y + shortcut(x))``: identity, or torchvision's 1x1-conv + BN projection."""
+    channels = self.expansion * self.channels
+    if self.strides != 1 or x.shape[-1] != channels:
+      x = norm(name="downsample_bn")(
+          conv(channels, 1, strides=self.strides, name="downsample_conv")(x))
+    return nn.relu(y + x)
+
+
+class BasicBlock(_ResidualBlock):
+  """Two 3x3 convs with a residual connection (ResNet-18/34).
+
+  ``strides`` is the first conv's. torchvision refuses dilation in BasicBlocks; here both
+  3x3 convs take the block's dilation so that ResNet-18/34 can also serve a dilated
+  DeepLab.
+  """
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(layers.torch_conv, dtype=self.dtype)
-    norm = functools.partial(layers.torch_batch_norm, train=train, dtype=self.dtype)
+    conv, norm = self.layer_factories(train)
     y = conv(self.channels, 3, strides=self.strides, dilation=self.dilation, name="conv1")(x)
     y = nn.relu(norm(name="bn1")(y))
     y = conv(self.channels, 3, dilation=self.dilation, name="conv2")(y)
-    y = norm(name="bn2")(y)
-    return nn.relu(y + _shortcut(x, self.channels, self.strides, conv, norm))
+    return self.add_shortcut(x, norm(name="bn2")(y), conv, norm)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
   """1x1 reduce, 3x3 (strided, dilated), 1x1 expand x4, residual (ResNet-50/101).
 
-  Attributes:
-    channels: the width of the 3x3 conv; the output has ``4 * channels``.
-    strides: stride of the 3x3 conv (torchvision "v1.5") and of the shortcut.
-    dilation: dilation of the 3x3 conv.
-    dtype: computation dtype.
+  ``channels`` is the width of the 3x3 conv, which also takes ``strides`` (torchvision
+  "v1.5") and ``dilation``.
   """
-
-  channels: int
-  strides: int = 1
-  dilation: int = 1
-  dtype: Any = jnp.float32
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(layers.torch_conv, dtype=self.dtype)
-    norm = functools.partial(layers.torch_batch_norm, train=train, dtype=self.dtype)
+    conv, norm = self.layer_factories(train)
     y = nn.relu(norm(name="bn1")(conv(self.channels, 1, name="conv1")(x)))
     y = conv(self.channels, 3, strides=self.strides, dilation=self.dilation, name="conv2")(y)
     y = nn.relu(norm(name="bn2")(y))
-    y = norm(name="bn3")(conv(self.channels * 4, 1, name="conv3")(y))
-    return nn.relu(y + _shortcut(x, self.channels * 4, self.strides, conv, norm))
-
-
-def _shortcut(x, channels, strides, conv, norm):
-  """Identity, or torchvision's 1x1-conv + BN projection when the shape changes."""
-  if strides == 1 and x.shape[-1] == channels:
-    return x
-  return norm(name="downsample_bn")(
-      conv(channels, 1, strides=strides, name="downsample_conv")(x))
+    y = norm(name="bn3")(conv(self.expansion * self.channels, 1, name="conv3")(y))
+    return self.add_shortcut(x, y, conv, norm)
 
 
 _LAYOUTS = {

@@ -18,8 +18,9 @@ import pytest
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
 from jaxsemiseg import methods, train
-from jaxsemiseg.augment import mixing
+from jaxsemiseg.augment import mixing, photometric
 from jaxsemiseg.methods import self_training
+from jaxsemiseg.state import create_train_state
 
 import tiny_data
 
@@ -87,6 +88,15 @@ def test_check_unit_interval_names_the_field():
     self_training.check_unit_interval("config.x", 1.5)
 
 
+def test_check_non_negative_and_check_one_of_name_the_field():
+  self_training.check_non_negative("config.w", 0.0)
+  with pytest.raises(ValueError, match=r"config\.w=-0\.5; expected >= 0\."):
+    self_training.check_non_negative("config.w", -0.5)
+  self_training.check_one_of("config.kind", "a", ("a", "b"))
+  with pytest.raises(ValueError, match=r"config\.kind='c'; expected one of \('a', 'b'\)\."):
+    self_training.check_one_of("config.kind", "c", ("a", "b"))
+
+
 class _BrightToClass(nn.Module):
   """Class 1, by a wide margin, where a pixel has a channel above 0.1; else class 0.
 
@@ -136,6 +146,33 @@ def test_strong_views_take_the_partners_pixels_and_pseudo_labels_inside_the_box(
   np.testing.assert_array_equal(mixed.labels, boxes[0])
   np.testing.assert_allclose(mixed.confidence, np.where(boxes[0], partner.confidence, 0.5))
   np.testing.assert_array_equal(mixed.valid, ~(boxes[0] & ~valid_u2))
+
+
+def test_strong_colour_batch_draws_each_image_with_its_own_key():
+  images = jnp.asarray(np.random.default_rng(0).random((2, 4, 4, 3)), jnp.float32)
+  coloured = jax.jit(self_training.strong_colour_batch)(jax.random.key(0), images)
+  one = jax.jit(photometric.unimatch_strong_colour)
+  for key, image, view in zip(jax.random.split(jax.random.key(0), 2), images, coloured):
+    np.testing.assert_allclose(view, one(key, image), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(coloured - images, coloured[::-1] - images[::-1], atol=1e-3)
+
+
+def test_partner_and_strong_views_label_image_u2_and_paste_it_into_image_u():
+  size, batch_size = 8, 2
+  batch = {"image_u": jnp.zeros((batch_size, size, size, 3)),  # Stays black.
+           "image_u2": jnp.full((batch_size, size, size, 3), 0.9),
+           "valid_u2": jnp.ones((batch_size, size, size), bool).at[:, -2:].set(False)}
+  model = _BrightToClass()
+  variables = model.init(jax.random.key(1), batch["image_u"], train=False)
+  state = create_train_state(variables=dict(variables), tx=optax.sgd(0.1))
+  partner, strong, boxes = jax.jit(functools.partial(
+      self_training.partner_and_strong_views, model=model, num_views=1, cutmix_p=1.0))(
+          jax.random.key(0), state=state, batch=batch)
+  np.testing.assert_array_equal(partner.labels, 1)
+  np.testing.assert_array_equal(partner.valid, batch["valid_u2"])
+  assert strong.shape == (1, batch_size, size, size, 3)
+  assert boxes.reshape(batch_size, -1).any(axis=1).all()
+  np.testing.assert_array_equal(strong.max(axis=-1) > 0, boxes)
 
 
 @pytest.mark.parametrize("method", ["fixmatch", "unimatch"])
