@@ -13,6 +13,7 @@ and ``bench/miou_vs_fraction.png`` are rewritten from the whole CSV.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import platform
 import sys
@@ -26,8 +27,8 @@ from ml_collections import config_flags
 from jaxsemiseg import train
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-FIELDS = ("method", "dataset", "labeled_fraction", "seed", "steps", "miou", "pixel_accuracy",
-          "wall_seconds", "jax", "python", "machine", "command")
+FIELDS = ("method", "dataset", "dataset_version", "labeled_fraction", "seed", "steps", "miou",
+          "pixel_accuracy", "wall_seconds", "jax", "python", "machine", "command")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Method config.", lock_config=True)
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.0625", "0.125", "0.25", "1.0"],
@@ -37,6 +38,8 @@ _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", os.path.join(BENCH_DIR, "wor
                                     "Where each run's workdir goes.")
 _RESULTS_CSV = flags.DEFINE_string("results_csv", os.path.join(BENCH_DIR, "results.csv"),
                                    "Per-run results (appended).")
+_REPORT = flags.DEFINE_bool("report", True, "Rewrite RESULTS.md and the plot after each run "
+                            "(off in bench/accuracy_pool.py's concurrent runs).")
 
 
 def machine_description() -> str:
@@ -49,6 +52,14 @@ def machine_description() -> str:
   device = jax.devices()[0]
   accelerator = "" if device.platform == "cpu" else f", {jax.device_count()}x {device.device_kind}"
   return f"{os.cpu_count()}-core {cpu}{accelerator}"
+
+
+def dataset_version(dataset_config) -> str:
+  """The bundled dataset's TFDS version (its generator settings); "" for other datasets."""
+  if dataset_config.name != "shapes":
+    return ""
+  from jaxsemiseg.data import shapes_builder  # pylint: disable=g-import-not-at-top
+  return str(shapes_builder.JaxsemisegShapes.VERSION)
 
 
 def read_results(path: str) -> list[dict]:
@@ -67,26 +78,49 @@ def append_result(path: str, row: dict) -> None:
     writer.writerow(row)
 
 
-def _key(row: dict) -> tuple:
-  return (row["method"], row["dataset"], float(row["labeled_fraction"]), int(row["seed"]),
-          int(row["steps"]))
+def row_key(row: dict) -> tuple:
+  """What identifies a run in ``results.csv``: method, dataset, fraction, seed, steps."""
+  return (row["method"], _dataset_label(row["dataset"], row["dataset_version"]),
+          float(row["labeled_fraction"]), int(row["seed"]), int(row["steps"]))
+
+
+def run_key(config, fraction: float, seed: int) -> tuple:
+  """``row_key`` of the run of ``config`` at ``fraction`` and ``seed``."""
+  return (config.method, _dataset_label(config.dataset.name, dataset_version(config.dataset)),
+          fraction, seed, config.num_steps)
+
+
+def load_config(path: str):
+  """``get_config(arg)`` of a config file given as ``path`` or ``path:arg``."""
+  path, _, arg = path.partition(":")
+  spec = importlib.util.spec_from_file_location("benchmark_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _dataset_label(name: str, version: str) -> str:
+  return f"{name} {version}".strip()
 
 
 def summarise(rows: list[dict]) -> dict[tuple, tuple[float, float, int]]:
   """(method, dataset, steps, fraction) -> (mean mIoU, std mIoU, number of seeds), in %."""
   groups: dict[tuple, list[float]] = {}
   for row in rows:
-    key = (row["method"], row["dataset"], int(row["steps"]), float(row["labeled_fraction"]))
+    key = (row["method"], _dataset_label(row["dataset"], row["dataset_version"]),
+           int(row["steps"]), float(row["labeled_fraction"]))
     groups.setdefault(key, []).append(100 * float(row["miou"]))
   return {key: (float(np.mean(v)), float(np.std(v)), len(v)) for key, v in groups.items()}
 
 
-def write_report(rows: list[dict], *, markdown_path: str, plot_path: str) -> None:
+def write_report(rows: list[dict], *, markdown_path: str = os.path.join(BENCH_DIR, "RESULTS.md"),
+                 plot_path: str = os.path.join(BENCH_DIR, "miou_vs_fraction.png")) -> None:
   """Rewrites RESULTS.md's accuracy table and the mIoU-vs-fraction plot from all rows."""
   summary = summarise(rows)
   fractions = sorted({key[3] for key in summary})
   settings = sorted({key[:3] for key in summary})
-  header = "| method | dataset | steps | " + " | ".join(_fraction_label(f) for f in fractions) + " |"
+  header = ("| method | dataset | steps | " + " | ".join(map(_fraction_label, fractions))
+            + " |")
   lines = [header, "|" + "---|" * (3 + len(fractions))]
   for method, dataset, steps in settings:
     cells = []
@@ -103,8 +137,9 @@ def write_report(rows: list[dict], *, markdown_path: str, plot_path: str) -> Non
   text = "\n".join([
       "## Accuracy benchmark",
       "",
-      "Validation mIoU (%) on the bundled `shapes` dataset, mean ± std over seeds; each "
-      "cell's seeds are runs listed in `results.csv`. Generated by `bench/accuracy.py`.",
+      "Validation mIoU (%) on the bundled `shapes` dataset (its TFDS version: 1.0.0 has 4000 "
+      "training images, 1.1.0 the first 2000 of them), mean ± std over seeds; each cell's "
+      "seeds are runs listed in `results.csv`. Generated by `bench/accuracy.py`.",
       "",
       *lines,
       "",
@@ -164,11 +199,12 @@ def main(argv):
   del argv
   base = _CONFIG.value
   command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-  done = {_key(row) for row in read_results(_RESULTS_CSV.value)}
+  done = {row_key(row) for row in read_results(_RESULTS_CSV.value)}
+  version = dataset_version(base.dataset)
   # Seeds outermost: an interrupted benchmark already has every fraction for the first seeds.
   for seed in map(int, _SEEDS.value):
     for fraction in map(float, _FRACTIONS.value):
-      key = (base.method, base.dataset.name, fraction, seed, base.num_steps)
+      key = run_key(base, fraction, seed)
       if key in done:
         print(f"skip {key}: already in {_RESULTS_CSV.value}")
         continue
@@ -177,23 +213,24 @@ def main(argv):
       config.dataset.split_seed = seed
       config.dataset.labeled_fraction = fraction
       config.dataset.num_labeled = -1
-      workdir = os.path.join(_WORKDIR_ROOT.value, base.method, base.dataset.name,
+      workdir = os.path.join(_WORKDIR_ROOT.value, base.method,
+                             _dataset_label(base.dataset.name, version).replace(" ", "-"),
                              f"steps{base.num_steps}", f"frac{fraction:g}", f"seed{seed}")
       start = time.perf_counter()
       results = train.train_and_evaluate(config, workdir)
       if results.get("preempted"):
         sys.exit(f"Preempted during {key}; rerun the same command to resume.")
       append_result(_RESULTS_CSV.value, {
-          "method": base.method, "dataset": base.dataset.name, "labeled_fraction": fraction,
+          "method": base.method, "dataset": base.dataset.name, "dataset_version": version,
+          "labeled_fraction": fraction,
           "seed": seed, "steps": base.num_steps, "miou": f"{results['miou']:.5f}",
           "pixel_accuracy": f"{results['pixel_accuracy']:.5f}",
           "wall_seconds": f"{time.perf_counter() - start:.0f}", "jax": jax.__version__,
           "python": platform.python_version(), "machine": machine_description(),
           "command": command})
       print(f"{key}: mIoU {100 * results['miou']:.2f}")
-      write_report(read_results(_RESULTS_CSV.value),
-                   markdown_path=os.path.join(BENCH_DIR, "RESULTS.md"),
-                   plot_path=os.path.join(BENCH_DIR, "miou_vs_fraction.png"))
+      if _REPORT.value:
+        write_report(read_results(_RESULTS_CSV.value))
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
-import importlib.util
+import importlib
 import os
+import sys
 
+import ml_collections
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "bench", "accuracy.py")
+_BENCH = os.path.join(os.path.dirname(__file__), "..", "bench")
 
 
 @pytest.fixture(scope="module")
 def accuracy():
-  spec = importlib.util.spec_from_file_location("bench_accuracy", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  # Imported by name, as bench/accuracy_pool.py and bench/_records.py do: a second copy of
+  # the module would define its absl flags twice.
+  sys.path.insert(0, _BENCH)
+  return importlib.import_module("accuracy")
 
 
 def _row(fraction, seed, miou, method="supervised"):
-  return {"method": method, "dataset": "shapes", "labeled_fraction": str(fraction),
+  return {"method": method, "dataset": "shapes", "dataset_version": "1.1.0",
+          "labeled_fraction": str(fraction),
           "seed": str(seed), "steps": "100", "miou": str(miou), "pixel_accuracy": "0.9",
           "wall_seconds": "1", "jax": "x", "python": "3", "machine": "test machine",
           "command": "python bench/accuracy.py --config=configs/default.py"}
@@ -24,9 +27,9 @@ def _row(fraction, seed, miou, method="supervised"):
 def test_summary_is_mean_and_population_std_in_percent(accuracy):
   rows = [_row(0.0625, 0, 0.40), _row(0.0625, 1, 0.50), _row(1.0, 0, 0.80)]
   summary = accuracy.summarise(rows)
-  mean, std, n = summary[("supervised", "shapes", 100, 0.0625)]
+  mean, std, n = summary[("supervised", "shapes 1.1.0", 100, 0.0625)]
   assert (round(mean, 6), round(std, 6), n) == (45.0, 5.0, 2)
-  assert summary[("supervised", "shapes", 100, 1.0)] == (80.0, 0.0, 1)
+  assert summary[("supervised", "shapes 1.1.0", 100, 1.0)] == (80.0, 0.0, 1)
 
 
 def test_results_round_trip_and_report(accuracy, tmp_path):
@@ -34,8 +37,8 @@ def test_results_round_trip_and_report(accuracy, tmp_path):
   for row in (_row(0.0625, 0, 0.4), _row(1.0, 0, 0.8)):
     accuracy.append_result(str(csv_path), row)
   rows = accuracy.read_results(str(csv_path))
-  assert [accuracy._key(r) for r in rows] == [("supervised", "shapes", 0.0625, 0, 100),
-                                               ("supervised", "shapes", 1.0, 0, 100)]
+  assert [accuracy.row_key(r) for r in rows] == [("supervised", "shapes 1.1.0", 0.0625, 0, 100),
+                                               ("supervised", "shapes 1.1.0", 1.0, 0, 100)]
   markdown = tmp_path / "RESULTS.md"
   markdown.write_text("# Results\n\nintro kept\n")
   for _ in range(2):  # rewriting replaces the section instead of appending a second one
@@ -43,6 +46,14 @@ def test_results_round_trip_and_report(accuracy, tmp_path):
   text = markdown.read_text()
   assert text.startswith("# Results\n\nintro kept\n")
   assert text.count("<!-- accuracy:begin -->") == 1
-  assert "| supervised | shapes | 100 | 40.0 ± 0.0 (n=1) | 80.0 ± 0.0 (n=1) |" in text
+  assert "| supervised | shapes 1.1.0 | 100 | 40.0 ± 0.0 (n=1) | 80.0 ± 0.0 (n=1) |" in text
   assert "| 1/16 | full |" in text
   assert os.path.getsize(tmp_path / "p.png") > 1000
+
+
+def test_dataset_version_is_the_bundled_builders(accuracy):
+  from jaxsemiseg.data import shapes_builder
+  shapes = ml_collections.ConfigDict({"name": "shapes"})
+  voc = ml_collections.ConfigDict({"name": "voc"})
+  assert accuracy.dataset_version(shapes) == str(shapes_builder.JaxsemisegShapes.VERSION)
+  assert accuracy.dataset_version(voc) == ""
