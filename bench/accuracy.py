@@ -25,6 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxsemiseg import train
+from jaxsemiseg.data import bundled
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 FIELDS = ("method", "dataset", "dataset_version", "labeled_fraction", "seed", "steps", "miou",
@@ -58,8 +59,7 @@ def dataset_version(dataset_config) -> str:
   """The bundled dataset's TFDS version (its generator settings); "" for other datasets."""
   if dataset_config.name != "shapes":
     return ""
-  from jaxsemiseg.data import shapes_builder  # pylint: disable=g-import-not-at-top
-  return str(shapes_builder.JaxsemisegShapes.VERSION)
+  return bundled.VERSION
 
 
 def read_results(path: str) -> list[dict]:

@@ -11,7 +11,7 @@ resumes them later from ``--workdir_root``. On a lent GPU (results and workdirs 
 ``$OUT``, merged into ``bench/results.csv`` afterwards with ``--merge``):
 
   python bench/accuracy_pool.py --configs=configs/unimatch.py,configs/fixmatch.py \
-      --fractions=0.0625,0.125 --seeds=0,1,2 --workers=8 --budget_s=500 \
+      --fractions=0.0625,0.125 --seeds=0,1,2 --workers=8 --budget_s=500 --in_memory \
       --results_csv=$OUT/results.csv --workdir_root=$OUT/workdirs
   python bench/accuracy_pool.py --merge=<fetched>/results.csv   # then, on this machine
 """
@@ -46,6 +46,9 @@ def _parse(argv):
                            "--results_csv).")
   parser.add_argument("--workdir_root", default=os.path.join(accuracy.BENCH_DIR, "workdirs"))
   parser.add_argument("--log_dir", default="", help="Per-run logs (default: workdir_root).")
+  parser.add_argument("--in_memory", action="store_true",
+                      help="Render the bundled dataset in memory in each run (same images; "
+                           "for a machine without TensorFlow, such as the lent GPU).")
   parser.add_argument("--merge", default="",
                       help="Append this CSV's new rows to --results_csv, rewrite the report "
                            "and exit.")
@@ -78,7 +81,8 @@ def run_command(config: str, fraction: float, seed: int, args) -> list[str]:
   """The ``accuracy.py`` call for one run (no report: the pool's processes share files)."""
   return [sys.executable, _ACCURACY, f"--config={config}", "--config.progress_bar=False",
           f"--fractions={fraction}", f"--seeds={seed}", f"--results_csv={args.results_csv}",
-          f"--workdir_root={args.workdir_root}", "--noreport"]
+          f"--workdir_root={args.workdir_root}", "--noreport",
+          *(["--config.dataset.in_memory=True"] if args.in_memory else [])]
 
 
 def run_pool(commands: list[list[str]], *, workers: int, budget_s: float,

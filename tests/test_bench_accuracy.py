@@ -52,7 +52,7 @@ def test_results_round_trip_and_report(accuracy, tmp_path):
 
 
 def test_dataset_version_is_the_bundled_builders(accuracy):
-  from jaxsemiseg.data import shapes_builder
+  from jaxsemiseg.data import shapes_builder  # pylint: disable=g-import-not-at-top
   shapes = ml_collections.ConfigDict({"name": "shapes"})
   voc = ml_collections.ConfigDict({"name": "voc"})
   assert accuracy.dataset_version(shapes) == str(shapes_builder.JaxsemisegShapes.VERSION)

@@ -49,3 +49,14 @@ def test_merge_appends_only_new_rows(pool, tmp_path):
     pool.accuracy.append_result(source, row(seed))
   assert pool.merge(source, target) == 1
   assert [r["seed"] for r in pool.accuracy.read_results(target)] == ["0", "1"]
+
+
+def test_run_command_renders_the_dataset_in_memory_when_asked(pool):
+  args = pool._parse(["--in_memory", "--results_csv=r.csv", "--workdir_root=w"])
+  command = pool.run_command("configs/fixmatch.py", 0.0625, 2, args)
+  assert command[1:] == [
+      pool._ACCURACY, "--config=configs/fixmatch.py", "--config.progress_bar=False",
+      "--fractions=0.0625", "--seeds=2", "--results_csv=r.csv", "--workdir_root=w",
+      "--noreport", "--config.dataset.in_memory=True"]
+  assert "--config.dataset.in_memory=True" not in pool.run_command(
+      "configs/fixmatch.py", 0.0625, 2, pool._parse([]))

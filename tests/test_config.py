@@ -64,6 +64,13 @@ def test_bad_values(key, value, match):
     config_lib.validate_config(_config(**{key: value}))
 
 
+def test_in_memory_is_for_the_bundled_dataset_only():
+  with pytest.raises(ValueError, match=r"in_memory=True is for the bundled dataset only, "
+                                       r"not 'voc'"):
+    config_lib.validate_config(_config(**{"dataset.name": "voc", "dataset.in_memory": True}))
+  config_lib.validate_config(_config(**{"dataset.in_memory": True}))
+
+
 def test_method_sub_config_is_checked():
   config = config_lib.base_config()
   config.supervised = ml_collections.ConfigDict({"threshold": 0.9})

@@ -44,6 +44,11 @@ class Datasets:
 def load_source(config: ml_collections.ConfigDict, split: str) -> SegmentationSource:
   """The source for ``split`` of the dataset described by ``config.dataset``."""
   name = config.name
+  if name == "shapes" and config.in_memory:
+    from jaxsemiseg.data import bundled  # pylint: disable=g-import-not-at-top
+    images, labels, ids = bundled.render_split(split, build=config.builder_config or "default")
+    return source_from_arrays(f"shapes:{split}", images, labels,
+                              class_names=bundled.CLASS_NAMES, ids=ids)
   if name == "shapes":
     from jaxsemiseg.data import shapes_builder  # pylint: disable=g-import-not-at-top
     return shapes_builder.load_shapes(split, data_dir=config.data_dir or None,

@@ -22,6 +22,19 @@ import numpy as np
 CLASS_NAMES = ("background", "disk", "triangle", "square", "star", "ring")
 NUM_CLASSES = len(CLASS_NAMES)
 
+# The version of the benchmark's data (the TFDS builder's version; RELEASE_NOTES in
+# shapes_builder.py): bump it whenever generate_shapes' defaults or BUILDS change.
+VERSION = "1.1.0"
+# The builds of the benchmark: split sizes and base seed. Split ``k`` of ``SPLITS`` is
+# ``generate_shapes((seed, k), size)`` and image ``i`` has the id ``example_id(split, i)``,
+# both in the TFDS builder (``shapes_builder``) and in :func:`render_split`.
+SPLITS = ("train", "validation")
+BUILDS = {
+    "default": {"train": 2000, "validation": 500, "seed": 0},
+    # The first images of "tiny" are the first images of "default" (same seed).
+    "tiny": {"train": 32, "validation": 16, "seed": 0},
+}
+
 _CHUNK = 256
 # Layer kinds. 1..5 are the object classes (their label), then the distractors.
 _EMPTY, _STROKE, _CROSS = 0, NUM_CLASSES, NUM_CLASSES + 1
@@ -36,6 +49,39 @@ _STAR_OUTER, _STAR_INNER = 1.2, 0.5
 _CROSS_HALF_WIDTH = 0.22
 
 _Sdf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def render_split(split: str, *, build: str = "default"
+                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """One split of a build of the benchmark, rendered in memory: the TFDS dataset's bytes.
+
+  For machines without TensorFlow (``config.dataset.in_memory``): the images, labels and
+  ids are those of the TFDS dataset built from the same code (a whole split takes ~15 s).
+
+  Args:
+    split: one of ``SPLITS``.
+    build: one of ``BUILDS`` (the TFDS builder configs).
+
+  Returns:
+    ``(images, labels, ids)``: uint8 ``[N, H, W, 3]``, uint8 ``[N, H, W]`` and N ids.
+
+  Raises:
+    ValueError: for an unknown split or build.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"The shapes dataset has no split {split!r} in memory; expected one "
+                     f"of {list(SPLITS)} (slices such as 'train[:100]' need the TFDS copy).")
+  if build not in BUILDS:
+    raise ValueError(f"The shapes dataset has no build {build!r}; expected one of "
+                     f"{list(BUILDS)}.")
+  size = BUILDS[build][split]
+  images, labels = generate_shapes((BUILDS[build]["seed"], SPLITS.index(split)), size)
+  return images, labels, [example_id(split, index) for index in range(size)]
+
+
+def example_id(split: str, index: int) -> str:
+  """The id of image ``index`` of ``split``: ``"train_00007"`` is the 8th training image."""
+  return f"{split}_{index:05d}"
 
 
 def generate_shapes(

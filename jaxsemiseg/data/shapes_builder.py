@@ -5,8 +5,8 @@ first time (about 20 s on one CPU core: images come from ``bundled.generate_shap
 nothing is downloaded), then reads it by index through ``tfds.data_source``.
 
 The generator's keyword defaults define the benchmark and are stored with the built
-data. After changing them, bump ``JaxsemisegShapes.VERSION`` so that TFDS builds a new
-copy; ``load_shapes`` refuses to read a copy built with other defaults.
+data. After changing them (or ``bundled.BUILDS``), bump ``bundled.VERSION`` so that TFDS
+builds a new copy; ``load_shapes`` refuses to read a copy built with other defaults.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from jaxsemiseg.data import bundled
 from jaxsemiseg.data import tfds_sources
 from jaxsemiseg.data.source import SegmentationSource
 
-SPLITS = ("train", "validation")
+SPLITS = bundled.SPLITS
 
 
 @dataclasses.dataclass(eq=False)
@@ -50,18 +50,19 @@ def generator_defaults() -> dict:
 class JaxsemisegShapes(tfds.core.GeneratorBasedBuilder):
   """Procedural shapes for semi-supervised segmentation (TFDS name ``jaxsemiseg_shapes``)."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version(bundled.VERSION)
   RELEASE_NOTES = {
       "1.0.0": "Disk, triangle, square, star, ring; strokes and crosses as clutter.",
       # With 4000, 1/16 of the labels (250 images) generalised almost as well as all of
       # them at the default budget (gap ~10 mIoU); with 2000 the gap is ~20 (RESULTS.md).
       "1.1.0": "2000 training images (the first 2000 of 1.0.0's 4000)."}
   BUILDER_CONFIGS = [
-      ShapesConfig(name="default", description="2000 train + 500 validation images."),
-      # The first images of "tiny" are the first images of "default" (same seed).
-      ShapesConfig(name="tiny", num_train=32, num_validation=16,
-                   description="32 train + 16 validation images, for tests and smoke runs."),
-  ]
+      ShapesConfig(name=name, num_train=build["train"], num_validation=build["validation"],
+                   seed=build["seed"], description=description)
+      for name, build, description in (
+          ("default", bundled.BUILDS["default"], "2000 train + 500 validation images."),
+          ("tiny", bundled.BUILDS["tiny"],
+           "32 train + 16 validation images, for tests and smoke runs."))]
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = generator_defaults()["image_size"]
@@ -89,7 +90,7 @@ class JaxsemisegShapes(tfds.core.GeneratorBasedBuilder):
         (self.builder_config.seed, SPLITS.index(split)), num_examples)
     for index in range(num_examples):
       yield index, {"image": images[index], "segmentation_mask": labels[index, ..., None],
-                    "id": f"{split}_{index:05d}"}
+                    "id": bundled.example_id(split, index)}
 
 
 def _mask_to_label(mask: np.ndarray) -> np.ndarray:
@@ -135,7 +136,6 @@ def load_shapes(split: str, *, data_dir: str | os.PathLike | None = None,
     raise ValueError(
         f"The shapes dataset at {builder.data_dir} was generated with other defaults of "
         f"generate_shapes ({', '.join(changed)} differ: built with {built_with}). Bump "
-        "JaxsemisegShapes.VERSION in jaxsemiseg/data/shapes_builder.py so that a new "
-        "copy is built.")
+        "VERSION in jaxsemiseg/data/bundled.py so that a new copy is built.")
   return tfds_sources.source_from_builder(builder, split, _SPEC,
                                           name=f"jaxsemiseg_shapes/{config}:{split}")

@@ -85,12 +85,13 @@ def check_example(example: dict, *, num_classes: int, source: str) -> None:
 
 
 def source_from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None, *,
-                       class_names: Sequence[str]) -> SegmentationSource:
+                       class_names: Sequence[str],
+                       ids: Sequence[str] | None = None) -> SegmentationSource:
   """A source over in-memory arrays: uint8 ``[N, H, W, 3]`` images, ``[N, H, W]`` labels.
 
-  Ids are ``f"{name}{index:06d}"``; ``labels=None`` gives an unlabeled source.
+  Ids are ``ids`` or ``f"{name}{index:06d}"``; ``labels=None`` gives an unlabeled source.
   """
-  ids = [f"{name}{index:06d}" for index in range(len(images))]
+  ids = list(ids) if ids is not None else [f"{name}{index:06d}" for index in range(len(images))]
 
   def load(index: int) -> dict:
     return {"image": images[index], "label": None if labels is None else labels[index],

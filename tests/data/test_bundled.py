@@ -1,8 +1,10 @@
 """Tests for the procedural shapes generator and its TFDS builder."""
 
+import ml_collections
 import numpy as np
 import pytest
 
+from jaxsemiseg import data as data_lib
 from jaxsemiseg.data import bundled
 from jaxsemiseg.data import shapes_builder
 
@@ -182,6 +184,26 @@ def test_built_dataset_holds_exactly_the_generated_images(tiny_data_dir):
       np.testing.assert_array_equal(example["label"], labels[index])
 
 
+def test_in_memory_source_is_the_tfds_copy(tiny_data_dir):
+  dataset = ml_collections.ConfigDict(dict(name="shapes", builder_config="tiny",
+                                           in_memory=True, data_dir=tiny_data_dir))
+  for split in bundled.SPLITS:
+    in_memory = data_lib.load_source(dataset, split)
+    built = shapes_builder.load_shapes(split, data_dir=tiny_data_dir, config="tiny")
+    assert list(in_memory.ids) == list(built.ids)
+    assert in_memory.class_names == built.class_names
+    for index in (0, 7, len(built) - 1):
+      for key in ("image", "label", "id"):
+        np.testing.assert_array_equal(in_memory[index][key], built[index][key])
+
+
+def test_in_memory_refuses_slices_and_unknown_builds():
+  with pytest.raises(ValueError, match="'train\\[:4\\]'.*TFDS copy"):
+    bundled.render_split("train[:4]", build="tiny")
+  with pytest.raises(ValueError, match="'huge'.*tiny"):
+    bundled.render_split("train", build="huge")
+
+
 def test_sliced_split(tiny_data_dir):
   source = shapes_builder.load_shapes("validation[4:7]", data_dir=tiny_data_dir,
                                       config="tiny")
@@ -198,5 +220,5 @@ def test_unknown_split_or_config_raises(tiny_data_dir):
 def test_copy_built_with_other_defaults_is_refused(tiny_data_dir, monkeypatch):
   changed = dict(bundled.generate_shapes.__kwdefaults__, noise_std=0.1)
   monkeypatch.setattr(bundled.generate_shapes, "__kwdefaults__", changed)
-  with pytest.raises(ValueError, match="noise_std.*Bump JaxsemisegShapes.VERSION"):
+  with pytest.raises(ValueError, match="noise_std.*Bump VERSION in jaxsemiseg/data/bundled.py"):
     shapes_builder.load_shapes("train", data_dir=tiny_data_dir, config="tiny")
