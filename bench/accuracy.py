@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxsemiseg import train
+from jaxsemiseg import self_training_rounds
 from jaxsemiseg.data import bundled
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -217,7 +217,7 @@ def main(argv):
                              _dataset_label(base.dataset.name, version).replace(" ", "-"),
                              f"steps{base.num_steps}", f"frac{fraction:g}", f"seed{seed}")
       start = time.perf_counter()
-      results = train.train_and_evaluate(config, workdir)
+      results = self_training_rounds.train_any_method(config, workdir)
       if results.get("preempted"):
         sys.exit(f"Preempted during {key}; rerun the same command to resume.")
       append_result(_RESULTS_CSV.value, {

@@ -16,7 +16,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxsemiseg import inference, self_training_rounds, train
+from jaxsemiseg import inference, self_training_rounds
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py), optionally with ':arg'.",
@@ -43,10 +43,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
   if _MODE.value == "train":
-    if config.method == self_training_rounds.METHOD:
-      results = self_training_rounds.train_rounds(config, workdir)
-    else:
-      results = train.train_and_evaluate(config, workdir)
+    results = self_training_rounds.train_any_method(config, workdir)
     if results.get("preempted"):
       # 128 + SIGTERM, as if the signal had ended the process: schedulers requeue the job.
       raise SystemExit(143)

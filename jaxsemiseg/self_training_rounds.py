@@ -94,6 +94,17 @@ def snapshot_steps(num_steps: int) -> tuple[int, int]:
   return num_steps // 3, 2 * num_steps // 3
 
 
+def train_any_method(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains and evaluates a run of any method: the rounds for ``METHOD``, else one run.
+
+  What ``main.py --mode=train`` and ``bench/accuracy.py`` call; returns what
+  :func:`train_rounds` or ``train.train_and_evaluate`` returns.
+  """
+  if config.method == METHOD:
+    return train_rounds(config, workdir)
+  return train.train_and_evaluate(config, workdir)
+
+
 def train_rounds(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) every round of ``config.pseudo_label`` in ``workdir``.
 

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -226,3 +227,13 @@ def test_round_configs_train_the_teacher_supervised_at_the_full_batch(dataset_ro
       "pseudo_label", 10, 2, 4)
   assert rounds.snapshot_steps(30) == (10, 20)
   config_lib.validate_config(teacher)
+
+
+def test_train_any_method_runs_rounds_only_for_pseudo_label(monkeypatch):
+  calls = []
+  monkeypatch.setattr(rounds, "train_rounds", lambda c, w: calls.append(("rounds", w)) or {})
+  monkeypatch.setattr(rounds.train, "train_and_evaluate",
+                      lambda c, w: calls.append(("one run", w)) or {})
+  rounds.train_any_method(ml_collections.ConfigDict({"method": "pseudo_label"}), "a")
+  rounds.train_any_method(ml_collections.ConfigDict({"method": "fixmatch"}), "b")
+  assert calls == [("rounds", "a"), ("one run", "b")]
