@@ -57,6 +57,11 @@ def make_config(*, method: str, model: str = "unet", size: int = 64, batch: int 
   return config
 
 
+# Methods whose step reads a pseudo-labeled batch (``image_p``, ``label_p``: the batches of
+# their own ``train_batches``) instead of unlabeled views.
+PSEUDO_LABELED_METHODS = ("pseudo_label",)
+
+
 def num_unlabeled_views(method: Any) -> int:
   """How many unlabeled batches (``image_u``, ``image_u2``, ...) ``method``'s step reads."""
   if not getattr(method, "USES_UNLABELED", False):
@@ -65,10 +70,18 @@ def num_unlabeled_views(method: Any) -> int:
 
 
 def _batch_specs(config: ml_collections.ConfigDict, num_views: int) -> dict:
-  """``{key: (shape, dtype)}`` of a batch from the input pipeline."""
+  """``{key: (shape, dtype)}`` of a batch from the input pipeline.
+
+  Methods in ``PSEUDO_LABELED_METHODS`` get a pseudo-labeled batch (``image_p``,
+  ``label_p``) of ``config.unlabeled_batch_size`` images in place of unlabeled views.
+  """
   size = config.dataset.crop_size
   specs = {"image": ((config.batch_size, size, size, 3), np.float32),
            "label": ((config.batch_size, size, size), np.int32)}
+  if config.method in PSEUDO_LABELED_METHODS:
+    specs["image_p"] = ((config.unlabeled_batch_size, size, size, 3), np.float32)
+    specs["label_p"] = ((config.unlabeled_batch_size, size, size), np.int32)
+    return specs
   for view in range(1, num_views + 1):
     suffix = "" if view == 1 else str(view)
     specs[f"image_u{suffix}"] = ((config.unlabeled_batch_size, size, size, 3), np.float32)
@@ -82,7 +95,7 @@ def random_batch(seed: int, config: ml_collections.ConfigDict, *, num_classes: i
   rng = np.random.default_rng(seed)
   batch = {}
   for key, (shape, dtype) in _batch_specs(config, num_views).items():
-    if key == "label":
+    if dtype == np.int32:
       batch[key] = rng.integers(0, num_classes, shape).astype(dtype)
     elif dtype == np.bool_:
       batch[key] = np.ones(shape, dtype)
