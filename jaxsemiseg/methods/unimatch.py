@@ -79,13 +79,18 @@ def channel_dropout(key: jax.Array, features: jax.Array, *, rate: float) -> jax.
   return jnp.where(keep, features / (1.0 - rate), 0).astype(features.dtype)
 
 
-def clean_and_dropped(key: jax.Array, features: jax.Array, *, rate: float) -> jax.Array:
-  """``[features; channel_dropout(features)]``: the model's ``decoder_input_perturbation``.
+def clean_and_dropped(key: jax.Array, features: jax.Array, *, rate: float,
+                      perturbed_from: int = 0) -> jax.Array:
+  """``[features; channel_dropout(features[perturbed_from:])]``: the model's
+  ``decoder_input_perturbation``.
 
   The decoder then runs on the clean and the perturbed features in one batch, as
-  UniMatch's ``model(torch.cat((x, x_u_w)), need_fp=True)``.
+  UniMatch's ``model(torch.cat((x, x_u_w)), need_fp=True)``. The reference perturbs every
+  row and uses the unlabeled ones; ``perturbed_from`` skips rows whose perturbed
+  prediction is never used (exact without BatchNorm, where rows do not interact).
   """
-  return jnp.concatenate([features, channel_dropout(key, features, rate=rate)])
+  return jnp.concatenate([features,
+                          channel_dropout(key, features[perturbed_from:], rate=rate)])
 
 
 def make_train_step(model, tx: optax.GradientTransformation,
@@ -108,6 +113,11 @@ def make_train_step(model, tx: optax.GradientTransformation,
     unlabeled_loss = functools.partial(self_training.confident_cross_entropy,
                                        threshold=settings.threshold)
 
+    # With BatchNorm the labeled rows' perturbed features enter the decoder's batch
+    # statistics, as in the reference; without it, perturbing them would be wasted work
+    # (a third off the UNet-S step).
+    perturbed_from = 0 if state.batch_stats else num_labeled
+
     def loss_fn(params: Any):
       # The decoder reads [clean; channel-dropped] encoder features: one train-mode pass
       # gives the clean predictions first, then the feature-perturbed ones.
@@ -116,7 +126,8 @@ def make_train_step(model, tx: optax.GradientTransformation,
           jnp.concatenate([batch["image"], batch["image_u"]]), train=True, rng=weak_rng,
           perturbation_rng=perturbation_rng,
           decoder_input_perturbation=functools.partial(
-              clean_and_dropped, rate=settings.feature_dropout_rate))
+              clean_and_dropped, rate=settings.feature_dropout_rate,
+              perturbed_from=perturbed_from))
       clean, perturbed = outputs["logits"][:num_weak], outputs["logits"][num_weak:]
       loss_x, terms = common.supervised_loss(clean[:num_labeled], batch["label"], config.loss)
       weak = self_training.pseudo_labels_from_logits(clean[num_labeled:], batch["valid_u"])
@@ -128,7 +139,7 @@ def make_train_step(model, tx: optax.GradientTransformation,
           "loss_x": loss_x,
           "loss_s1": unlabeled_loss(logits_s1, mixing.mix(boxes[0], weak, partner)),
           "loss_s2": unlabeled_loss(logits_s2, mixing.mix(boxes[1], weak, partner)),
-          "loss_fp": unlabeled_loss(perturbed[num_labeled:], weak),
+          "loss_fp": unlabeled_loss(perturbed[num_labeled - perturbed_from:], weak),
       }
       total = (LABELED_WEIGHT * loss_terms["loss_x"]
                + STRONG_WEIGHT * (loss_terms["loss_s1"] + loss_terms["loss_s2"])

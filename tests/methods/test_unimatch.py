@@ -49,6 +49,17 @@ def test_perturbed_forward_decodes_clean_and_perturbed_copies():
   np.testing.assert_allclose(perturbed_forward(0.0)[2:], plain, rtol=1e-5, atol=1e-6)
 
 
+def test_perturbation_can_skip_the_rows_whose_perturbed_prediction_is_unused():
+  features = jax.random.uniform(jax.random.key(0), (5, 4, 4, 8))
+  key = jax.random.key(1)
+  every_row = unimatch.clean_and_dropped(key, features, rate=0.5)
+  last_three = unimatch.clean_and_dropped(key, features, rate=0.5, perturbed_from=2)
+  assert every_row.shape == (10, 4, 4, 8) and last_three.shape == (8, 4, 4, 8)
+  np.testing.assert_array_equal(last_three[:5], features)
+  np.testing.assert_array_equal(
+      last_three[5:], unimatch.channel_dropout(key, features[2:], rate=0.5))
+
+
 def test_default_config_follows_unimatch_for_voc():
   config = config_lib.base_config("unimatch").unimatch
   assert (config.threshold, config.cutmix_p, config.feature_dropout_rate) == (0.95, 0.5, 0.5)
