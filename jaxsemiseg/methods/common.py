@@ -59,18 +59,19 @@ def forward_labeled_and_unlabeled(
     key: jax.Array, model, params: Any, batch_stats: Any, images: jax.Array,
     labels: jax.Array, unlabeled_images: jax.Array, *,
     loss_config: ml_collections.ConfigDict,
-    unlabeled_are_targets: bool = False) -> tuple[jax.Array, dict, jax.Array, Any]:
+    num_target_rows: int = 0) -> tuple[jax.Array, dict, jax.Array, Any]:
   """One train-mode pass over labeled and unlabeled images, and the labeled loss ``L_x``.
 
   The two go through the network as one batch, as the references'
   ``model(torch.cat((x, u)))``, so BatchNorm normalises both with one set of batch
   statistics and updates its running averages once.
 
-  With ``unlabeled_are_targets`` (the unlabeled outputs only become pseudo-labels, e.g.
-  FixMatch's weak view) and a model without BatchNorm, nothing couples the rows, so the
-  unlabeled images take a separate pass of ``stop_gradient(params)``: the same outputs,
-  and the backward pass skips them (FixMatch's UNet-S step: 22.4 -> 17.9 GFLOP). With
-  BatchNorm the batch statistics couple them and the joint pass stays, as the reference.
+  The first ``num_target_rows`` unlabeled images may be rows whose outputs only become
+  targets (FixMatch's weak view, equivariance's unwarped images). For a model without
+  BatchNorm nothing couples the rows, so those take a separate pass of
+  ``stop_gradient(params)``: the same outputs, and the backward pass skips them (FixMatch's
+  UNet-S step: 22.4 -> 17.9 GFLOP). With BatchNorm the batch statistics couple them and
+  the joint pass stays, as in the references.
 
   Args:
     key: the dropout key.
@@ -81,26 +82,30 @@ def forward_labeled_and_unlabeled(
     labels: int32 ``[B, H, W]`` their labels.
     unlabeled_images: float32 ``[Bu, H, W, 3]``, e.g. weak or strong views.
     loss_config: ``config.loss``, as ``supervised_loss`` reads it.
-    unlabeled_are_targets: whether no gradient is taken through the unlabeled outputs.
+    num_target_rows: how many leading unlabeled images no gradient is taken through.
 
   Returns:
     ``(loss_x, terms, unlabeled_logits, batch_stats)``: the labeled loss and its terms
     (``supervised_loss``), the ``[Bu, H, W, C]`` logits of ``unlabeled_images`` and the
     updated BatchNorm statistics.
   """
-  if unlabeled_are_targets and not batch_stats:
-    labeled_key, unlabeled_key = jax.random.split(key)
-    outputs, _ = forward(model, params, batch_stats, images, train=True, rng=labeled_key)
-    targets, _ = forward(model, jax.lax.stop_gradient(params), batch_stats,
-                         unlabeled_images, train=True, rng=unlabeled_key)
-    loss_x, terms = supervised_loss(outputs["logits"], labels, loss_config)
-    return loss_x, terms, targets["logits"], batch_stats
-  outputs, batch_stats = forward(model, params, batch_stats,
-                                 jnp.concatenate([images, unlabeled_images]), train=True,
-                                 rng=key)
   num_labeled = images.shape[0]
-  loss_x, terms = supervised_loss(outputs["logits"][:num_labeled], labels, loss_config)
-  return loss_x, terms, outputs["logits"][num_labeled:], batch_stats
+  if num_target_rows and not batch_stats:
+    key, target_key = jax.random.split(key)
+    targets, _ = forward(model, jax.lax.stop_gradient(params), batch_stats,
+                         unlabeled_images[:num_target_rows], train=True, rng=target_key)
+    outputs, _ = forward(model, params, batch_stats,
+                         jnp.concatenate([images, unlabeled_images[num_target_rows:]]),
+                         train=True, rng=key)
+    logits = jnp.concatenate([outputs["logits"][:num_labeled], targets["logits"],
+                              outputs["logits"][num_labeled:]])
+  else:
+    outputs, batch_stats = forward(model, params, batch_stats,
+                                   jnp.concatenate([images, unlabeled_images]), train=True,
+                                   rng=key)
+    logits = outputs["logits"]
+  loss_x, terms = supervised_loss(logits[:num_labeled], labels, loss_config)
+  return loss_x, terms, logits[num_labeled:], batch_stats
 
 
 def apply_updates_with_heads(tx, state, grads: Any, heads: Any, head_grads: Any,

@@ -209,7 +209,8 @@ def make_train_step(model, tx: optax.GradientTransformation,
     def loss_fn(params: Any):
       loss_x, terms, unlabeled_logits, batch_stats = common.forward_labeled_and_unlabeled(
           dropout_rng, model, params, state.batch_stats, batch["image"], batch["label"],
-          jnp.concatenate([images_u, view]), loss_config=config.loss)
+          jnp.concatenate([images_u, view]), loss_config=config.loss,
+          num_target_rows=images_u.shape[0])
       logits_u, logits_view = jnp.split(unlabeled_logits, 2)
       target, counted = transform_targets(
           warps, jax.nn.softmax(jax.lax.stop_gradient(logits_u), axis=-1), batch["valid_u"])

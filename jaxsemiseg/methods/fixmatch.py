@@ -73,7 +73,8 @@ def make_train_step(model, tx: optax.GradientTransformation,
     def loss_fn(params: Any):
       loss_x, terms, weak_logits, batch_stats = common.forward_labeled_and_unlabeled(
           weak_rng, model, params, state.batch_stats, batch["image"], batch["label"],
-          batch["image_u"], loss_config=config.loss, unlabeled_are_targets=True)
+          batch["image_u"], loss_config=config.loss,
+          num_target_rows=batch["image_u"].shape[0])
       weak = self_training.pseudo_labels_from_logits(weak_logits, batch["valid_u"])
       strong_outputs, batch_stats = common.forward(
           model, params, batch_stats, strong[0], train=True, rng=strong_rng)
