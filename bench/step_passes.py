@@ -56,9 +56,9 @@ def _supervised(config: ml_collections.ConfigDict) -> StepPasses:
 
 def _fixmatch(config: ml_collections.ConfigDict) -> StepPasses:
   # Labeled fwd+bwd and strong fwd+bwd; the weak view of A and the partner B forward only
-  # (pseudo-labels). The step differentiates [labeled; weak A] as one batch, as the
-  # reference does: the weak rows' backward is the extra (with BatchNorm it carries the
-  # batch statistics' gradient; with the UNet's GroupNorm its cotangents are all zero).
+  # (pseudo-labels). With BatchNorm the step differentiates [labeled; weak A] as one
+  # batch, as the reference (the batch statistics couple the rows), which shows in the
+  # ratio; without it the weak rows skip the backward pass.
   del config
   return StepPasses(fwd_bwd=2, fwd=2)
 
@@ -67,9 +67,9 @@ def _unimatch(config: ml_collections.ConfigDict) -> StepPasses:
   # Labeled fwd+bwd, two strong views fwd+bwd, weak A and partner B forward only, and the
   # feature-perturbed pass of A, counted as a whole fwd+bwd: its decoder pass needs
   # gradients and so does A's encoder pass under it (whose forward the weak pass counts
-  # too, so the budget is generous by one encoder forward). The step, as the reference,
-  # also decodes the labeled images' perturbed features and drops them: that extra decoder
-  # fwd+bwd shows in the ratio.
+  # too, so the budget is generous by one encoder forward). With BatchNorm the step, as
+  # the reference, also decodes the labeled images' perturbed features (they enter the
+  # batch statistics) and drops them, which shows in the ratio; without it, it does not.
   del config
   return StepPasses(fwd_bwd=4, fwd=2)
 
@@ -106,8 +106,9 @@ def _cct(config: ml_collections.ConfigDict) -> StepPasses:
 
 def _equivariance(config: ml_collections.ConfigDict) -> StepPasses:
   # Labeled and transformed-view fwd+bwd; the untransformed image_u forward only (its
-  # warped prediction is the detached target). The step differentiates all three batches
-  # as one: the target rows' backward is the extra.
+  # warped prediction is the detached target). With BatchNorm the step differentiates all
+  # three batches as one (shows in the ratio); without it the target rows skip the
+  # backward pass.
   del config
   return StepPasses(fwd_bwd=2, fwd=1)
 
