@@ -44,3 +44,17 @@ def test_compiled_step_matches_unsharded_and_donates():
   np.testing.assert_allclose(new_state["w"], expected_state["w"], rtol=1e-6)
   np.testing.assert_allclose(metrics["norm"], expected_metrics["norm"], rtol=1e-6)
   assert state["w"].is_deleted()
+
+
+def test_cpu_steps_compile_at_the_library_level_unless_xla_flags_set_one():
+  level = {"xla_backend_optimization_level": parallel.CPU_BACKEND_OPTIMIZATION_LEVEL}
+  assert parallel.step_compiler_options("cpu", "") == level
+  assert parallel.step_compiler_options(
+      "cpu", "--xla_force_host_platform_device_count=4") == level
+  assert parallel.step_compiler_options("cpu", "--xla_backend_optimization_level=0") == {}
+  assert parallel.step_compiler_options("gpu", "") == {}
+  assert parallel.step_compiler_options("tpu", "") == {}
+  # XLA:CPU accepts the option, and the step's arithmetic is the same.
+  step = jax.jit(lambda x: jnp.tanh(x) @ x.T, compiler_options=level)
+  x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+  np.testing.assert_allclose(step(x), np.tanh(x) @ x.T, rtol=1e-5)
