@@ -8,6 +8,9 @@ and ``bench/miou_vs_fraction.png`` are rewritten from the whole CSV.
 
   python bench/accuracy.py --config=configs/default.py
   python bench/accuracy.py --config=configs/default.py --fractions=0.0625,1.0 --seeds=0
+  # A variant of a method (its own rows, table line and workdirs):
+  python bench/accuracy.py --config=configs/fixmatch.py --config.fixmatch.cutmix_p=0.5 \
+      --label=fixmatch+cutmix --fractions=0.0625 --seeds=0
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", os.path.join(BENCH_DIR, "wor
                                     "Where each run's workdir goes.")
 _RESULTS_CSV = flags.DEFINE_string("results_csv", os.path.join(BENCH_DIR, "results.csv"),
                                    "Per-run results (appended).")
+_LABEL = flags.DEFINE_string(
+    "label", "", "Name of the runs' rows in results.csv, the table and the workdirs "
+    "(default: config.method). Give one with any --config override of a method's settings, "
+    "so that the variant's rows are not taken for the method's.")
 _REPORT = flags.DEFINE_bool("report", True, "Rewrite RESULTS.md and the plot after each run "
                             "(off in bench/accuracy_pool.py's concurrent runs).")
 
@@ -84,9 +91,13 @@ def row_key(row: dict) -> tuple:
           float(row["labeled_fraction"]), int(row["seed"]), int(row["steps"]))
 
 
-def run_key(config, fraction: float, seed: int) -> tuple:
-  """``row_key`` of the run of ``config`` at ``fraction`` and ``seed``."""
-  return (config.method, _dataset_label(config.dataset.name, dataset_version(config.dataset)),
+def run_key(config, fraction: float, seed: int, *, label: str = "") -> tuple:
+  """``row_key`` of the run of ``config`` at ``fraction`` and ``seed``, named ``label``.
+
+  ``label`` is the rows' ``method`` field; "" means ``config.method``.
+  """
+  return (label or config.method,
+          _dataset_label(config.dataset.name, dataset_version(config.dataset)),
           fraction, seed, config.num_steps)
 
 
@@ -113,6 +124,23 @@ def summarise(rows: list[dict]) -> dict[tuple, tuple[float, float, int]]:
   return {key: (float(np.mean(v)), float(np.std(v)), len(v)) for key, v in groups.items()}
 
 
+def gap_recovered(summary: dict, method: str, dataset: str, steps: int,
+                  fraction: float) -> float | None:
+  """How much of the labeled-only gap at ``fraction`` ``method`` closes, in %.
+
+  ``100 (m - s) / (s_full - s)`` with ``m`` the method's mean mIoU at ``fraction`` and
+  ``s``, ``s_full`` the supervised means at ``fraction`` and with all labels, on the same
+  dataset and budget (issue #4's target: >= 50% at 1/16). None for the supervised rows
+  and where a mean is missing.
+  """
+  own = summary.get((method, dataset, steps, fraction))
+  low = summary.get(("supervised", dataset, steps, fraction))
+  full = summary.get(("supervised", dataset, steps, 1.0))
+  if method == "supervised" or None in (own, low, full) or full[0] == low[0]:
+    return None
+  return 100 * (own[0] - low[0]) / (full[0] - low[0])
+
+
 def write_report(rows: list[dict], *, markdown_path: str = os.path.join(BENCH_DIR, "RESULTS.md"),
                  plot_path: str = os.path.join(BENCH_DIR, "miou_vs_fraction.png")) -> None:
   """Rewrites RESULTS.md's accuracy table and the mIoU-vs-fraction plot from all rows."""
@@ -120,8 +148,8 @@ def write_report(rows: list[dict], *, markdown_path: str = os.path.join(BENCH_DI
   fractions = sorted({key[3] for key in summary})
   settings = sorted({key[:3] for key in summary})
   header = ("| method | dataset | steps | " + " | ".join(map(_fraction_label, fractions))
-            + " |")
-  lines = [header, "|" + "---|" * (3 + len(fractions))]
+            + f" | gap recovered at {_fraction_label(fractions[0])} |")
+  lines = [header, "|" + "---|" * (4 + len(fractions))]
   for method, dataset, steps in settings:
     cells = []
     for fraction in fractions:
@@ -130,6 +158,8 @@ def write_report(rows: list[dict], *, markdown_path: str = os.path.join(BENCH_DI
         cells.append(f"{mean:.1f} ± {std:.1f} (n={n})")
       else:
         cells.append("—")
+    recovered = gap_recovered(summary, method, dataset, steps, fractions[0])
+    cells.append("—" if recovered is None else f"{recovered:.0f}%")
     lines.append(f"| {method} | {dataset} | {steps} | " + " | ".join(cells) + " |")
   machines = sorted({f"{row['machine']}, Python {row['python']}, jax {row['jax']}"
                      for row in rows})
@@ -201,10 +231,11 @@ def main(argv):
   command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
   done = {row_key(row) for row in read_results(_RESULTS_CSV.value)}
   version = dataset_version(base.dataset)
+  label = _LABEL.value or base.method
   # Seeds outermost: an interrupted benchmark already has every fraction for the first seeds.
   for seed in map(int, _SEEDS.value):
     for fraction in map(float, _FRACTIONS.value):
-      key = run_key(base, fraction, seed)
+      key = run_key(base, fraction, seed, label=label)
       if key in done:
         print(f"skip {key}: already in {_RESULTS_CSV.value}")
         continue
@@ -213,7 +244,7 @@ def main(argv):
       config.dataset.split_seed = seed
       config.dataset.labeled_fraction = fraction
       config.dataset.num_labeled = -1
-      workdir = os.path.join(_WORKDIR_ROOT.value, base.method,
+      workdir = os.path.join(_WORKDIR_ROOT.value, label,
                              _dataset_label(base.dataset.name, version).replace(" ", "-"),
                              f"steps{base.num_steps}", f"frac{fraction:g}", f"seed{seed}")
       start = time.perf_counter()
@@ -221,7 +252,7 @@ def main(argv):
       if results.get("preempted"):
         sys.exit(f"Preempted during {key}; rerun the same command to resume.")
       append_result(_RESULTS_CSV.value, {
-          "method": base.method, "dataset": base.dataset.name, "dataset_version": version,
+          "method": label, "dataset": base.dataset.name, "dataset_version": version,
           "labeled_fraction": fraction,
           "seed": seed, "steps": base.num_steps, "miou": f"{results['miou']:.5f}",
           "pixel_accuracy": f"{results['pixel_accuracy']:.5f}",

@@ -4,7 +4,8 @@ The supervised quick start's budget (``configs/default.py``: UNet-S, 4000 steps,
 labeled + 8 + 8 unlabeled, 1/8 labeled). Four members with different initialisations train
 in one jitted step; each trains FixMatch's objective on the hard pseudo-labels of the
 members' mean probability, kept where its confidence is at least 0.95, on its own strong
-view (colour + CutMix p 0.5); see ``jaxsemiseg/methods/ensemble_self_training.py``.
+view (colour; no CutMix box on the shapes, ``config.SHAPES_CUTMIX_P``); see
+``jaxsemiseg/methods/ensemble_self_training.py``.
 Evaluation averages the members' probabilities. Other filters:
 ``--config.ensemble_self_training.filter=entropy`` (``max_entropy``) or
 ``=mutual_information`` (``max_mutual_information``).
@@ -13,9 +14,11 @@ Evaluation averages the members' probabilities. Other filters:
       --workdir=/tmp/jaxsemiseg/ensemble_self_training
 """
 
-from jaxsemiseg.config import base_config
+from jaxsemiseg.config import SHAPES_CUTMIX_P, base_config
 
 
 def get_config(arg=None):
   del arg
-  return base_config("ensemble_self_training")
+  config = base_config("ensemble_self_training")
+  config.ensemble_self_training.cutmix_p = SHAPES_CUTMIX_P
+  return config

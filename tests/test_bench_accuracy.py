@@ -46,8 +46,8 @@ def test_results_round_trip_and_report(accuracy, tmp_path):
   text = markdown.read_text()
   assert text.startswith("# Results\n\nintro kept\n")
   assert text.count("<!-- accuracy:begin -->") == 1
-  assert "| supervised | shapes 1.1.0 | 100 | 40.0 ± 0.0 (n=1) | 80.0 ± 0.0 (n=1) |" in text
-  assert "| 1/16 | full |" in text
+  assert "| supervised | shapes 1.1.0 | 100 | 40.0 ± 0.0 (n=1) | 80.0 ± 0.0 (n=1) | — |" in text
+  assert "| 1/16 | full | gap recovered at 1/16 |" in text
   assert os.path.getsize(tmp_path / "p.png") > 1000
 
 
@@ -57,3 +57,24 @@ def test_dataset_version_is_the_bundled_builders(accuracy):
   voc = ml_collections.ConfigDict({"name": "voc"})
   assert accuracy.dataset_version(shapes) == str(shapes_builder.JaxsemisegShapes.VERSION)
   assert accuracy.dataset_version(voc) == ""
+
+
+def test_a_label_gives_a_variant_rows_of_its_own(accuracy):
+  config = accuracy.load_config(os.path.join(_BENCH, "..", "configs", "fixmatch.py"))
+  key = accuracy.run_key(config, 0.0625, 1)
+  assert key == ("fixmatch", "shapes 1.1.0", 0.0625, 1, config.num_steps)
+  assert accuracy.run_key(config, 0.0625, 1, label="fixmatch+cutmix") == (
+      "fixmatch+cutmix",) + key[1:]
+  assert accuracy.row_key(_row(0.0625, 1, 0.3, method="fixmatch+cutmix")) == (
+      "fixmatch+cutmix", "shapes 1.1.0", 0.0625, 1, 100)
+
+
+def test_gap_recovered_is_the_share_of_the_labeled_only_gap(accuracy):
+  rows = [_row(0.0625, 0, 0.30), _row(0.0625, 1, 0.34), _row(1.0, 0, 0.62),
+          _row(0.0625, 0, 0.41, method="fixmatch"), _row(0.0625, 1, 0.43, method="fixmatch")]
+  summary = accuracy.summarise(rows)
+  # (42 - 32) / (62 - 32)
+  assert accuracy.gap_recovered(summary, "fixmatch", "shapes 1.1.0", 100, 0.0625) == (
+      pytest.approx(100 / 3))
+  assert accuracy.gap_recovered(summary, "supervised", "shapes 1.1.0", 100, 0.0625) is None
+  assert accuracy.gap_recovered(summary, "fixmatch", "shapes 1.1.0", 200, 0.0625) is None

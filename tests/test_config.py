@@ -1,7 +1,15 @@
+import glob
+import os
+
 import ml_collections
 import pytest
 
 from jaxsemiseg import config as config_lib
+from jaxsemiseg import methods
+import tiny_data
+
+_CONFIG_NAMES = sorted(os.path.basename(path)[:-3] for path in glob.glob(
+    os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
 
 
 def _config(**overrides):
@@ -136,3 +144,18 @@ def test_voc_num_labeled_outside_train_aug_names_the_config_and_the_range(arg):
       rf"configs/voc_x\.py:{arg}; expected a number of labeled images in \(0, 10582\), "
       r"e\.g\. 92, 183 or 366\.$")):
     config_lib.voc_num_labeled(arg, default=92, config_name="voc_x", examples=(92, 183, 366))
+
+
+@pytest.mark.parametrize("name", _CONFIG_NAMES)
+def test_every_config_file_is_valid(name):
+  config_lib.validate_config(tiny_data.load_config(name))
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "ensemble_self_training"])
+def test_shapes_self_training_configs_paste_no_cutmix_box(name):
+  config = tiny_data.load_config(name)
+  assert config.dataset.name == "shapes"
+  assert config[name].cutmix_p == config_lib.SHAPES_CUTMIX_P == 0.0
+  # The methods keep UniMatch's default for photos.
+  assert methods.get_method(name).default_config().cutmix_p == 0.5
+  assert tiny_data.load_config("voc_unimatch").unimatch.cutmix_p == 0.5
