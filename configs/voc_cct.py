@@ -25,7 +25,7 @@ each image's own long side. Evaluation pads each image to 512x512 (padding is ig
 the metric) instead of CCT's one reflect-padded image at a time.
 """
 
-from jaxsemiseg.config import VOC_TRAIN_AUG_SIZE, voc_config, voc_num_labeled
+from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled
 
 EPOCHS = 80
 
@@ -40,12 +40,9 @@ def get_config(arg=None):
   config.model.deeplabv3plus.update(dict(backbone="resnet50", output_stride=8))
   config.batch_size = 10
   config.unlabeled_batch_size = 10
-  # One epoch is one pass over the unlabeled pool (the labeled loader is cycled).
-  steps_per_epoch = (VOC_TRAIN_AUG_SIZE - num_labeled) // config.unlabeled_batch_size
-  config.num_steps = EPOCHS * steps_per_epoch
+  steps_per_epoch = voc_epoch_schedule(config, epochs=EPOCHS)
   config.cct.rampup_steps = config.num_steps // 10
   # CCT validates every 10 epochs (val_per_epochs).
   config.eval_every = 10 * steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
   config.eval_batch_size = 10
   return config

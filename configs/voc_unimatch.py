@@ -21,7 +21,7 @@ convert torchvision's with ``jaxsemiseg.models.weights``), and evaluation pads e
 512x512 instead of running one image at a time (padding is ignored by the metric).
 """
 
-from jaxsemiseg.config import VOC_TRAIN_AUG_SIZE, voc_config, voc_num_labeled
+from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled
 
 EPOCHS = 80
 
@@ -31,11 +31,6 @@ def get_config(arg=None):
   num_labeled = voc_num_labeled(arg, default=92, config_name="voc_unimatch",
                                 examples=(92, 183, 366, 732, 1464))
   config = voc_config("unimatch", num_labeled=num_labeled)
-  # One epoch is one pass over the unlabeled pool (labeled ids are repeated to match).
-  steps_per_epoch = (VOC_TRAIN_AUG_SIZE - num_labeled) // config.unlabeled_batch_size
-  config.num_steps = EPOCHS * steps_per_epoch
-  # UniMatch evaluates and keeps the best checkpoint after every epoch.
-  config.eval_every = steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
+  voc_epoch_schedule(config, epochs=EPOCHS)
   config.unimatch.threshold = 0.95
   return config

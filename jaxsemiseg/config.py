@@ -76,6 +76,30 @@ def voc_num_labeled(arg: str | None, *, default: int, config_name: str,
   return num_labeled
 
 
+def voc_epoch_schedule(config: ml_collections.ConfigDict, *, epochs: int) -> int:
+  """Trains a VOC config for ``epochs`` passes over its unlabeled pool, evaluating after each.
+
+  UniMatch's epoch (and CCT's): one pass over the ``train_aug`` images that are not
+  labeled, the labeled ids repeated to match, at ``config.unlabeled_batch_size`` per step.
+  Sets ``num_steps``, and ``eval_every`` and ``checkpoint_every`` to one epoch (UniMatch
+  evaluates and keeps the best checkpoint after every epoch); call it after the batch size
+  and ``dataset.num_labeled`` are final.
+
+  Args:
+    config: a config from :func:`voc_config`.
+    epochs: the reference's number of epochs.
+
+  Returns:
+    The steps in one epoch.
+  """
+  steps_per_epoch = ((VOC_TRAIN_AUG_SIZE - config.dataset.num_labeled)
+                     // config.unlabeled_batch_size)
+  config.num_steps = epochs * steps_per_epoch
+  config.eval_every = steps_per_epoch
+  config.checkpoint_every = steps_per_epoch
+  return steps_per_epoch
+
+
 def voc_config(method: str, *, num_labeled: int) -> ml_collections.ConfigDict:
   """``base_config(method)`` on Pascal VOC 2012 with UniMatch's protocol (configs/pascal.yaml).
 

@@ -80,9 +80,9 @@ def default_config() -> ml_collections.ConfigDict:
       feature_noise_range=0.3,
       # unsupervised_w in config.json.
       consistency_weight=30.0,
-      # CCT ramps the weight up over the first 10% of training (ramp_up 0.1): 300 of the
-      # default 3000 steps; configs for other budgets set 0.1 * num_steps.
-      rampup_steps=300,
+      # CCT ramps the weight up over the first 10% of training (ramp_up 0.1): 400 of the
+      # default 4000 steps; configs for other budgets set 0.1 * num_steps.
+      rampup_steps=400,
   ))
 
 

@@ -70,7 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
       # lambda_cot_max and lambda_adv_max of the reference.
       cot_weight=10.0,
       adv_weight=0.5,
-      # The reference ramps over 80 epochs; a third of the default 3000-step budget here.
+      # The reference ramps over 80 of its 100 epochs; here a quarter of the default
+      # 4000-step budget, so the co-training terms are at full weight for most of a short run.
       rampup_steps=1000,
       # Chance that a pair's adversarial term uses labeled images and FGSM (else unlabeled
       # images and VAT); 0.5 in the reference.

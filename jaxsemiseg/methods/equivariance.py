@@ -55,8 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
       # (TCSM's MSE is summed over pixels); CCT's MSE weight, 30, has the same normaliser.
       # KL and JSD sum over classes, so they are about C times the MSE: lower it for them.
       consistency_weight=30.0,
-      # As CCT, the first 10% of the default 3000 steps.
-      rampup_steps=300,
+      # As CCT, the first 10% of the default 4000 steps.
+      rampup_steps=400,
       # TCSM's transforms: flips and quarter turns (all 8 symmetries of the square).
       flip=True,
       rot90=True,

@@ -51,7 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
       ema_decay=0.99,
       # TorchSemiSeg's MSE(softmax) weight; CuriousAI's CIFAR-10 setting too.
       consistency_weight=100.0,
-      # CuriousAI ramps up over 5 epochs of CIFAR-10. A third of the default 1500-step
+      # CuriousAI ramps up over 5 epochs of CIFAR-10. An eighth of the default 4000-step
       # budget here, so the consistency term is at full weight for most of a run.
       rampup_steps=500,
       # One of TEACHER_BATCH_STATS; see the module docstring.

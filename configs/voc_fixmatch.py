@@ -1,0 +1,38 @@
+r"""FixMatch on Pascal VOC 2012 at UniMatch's settings (its ``fixmatch.py``, configs/pascal.yaml).
+
+UniMatch's FixMatch baseline at UniMatch's protocol: DeepLabV3+ with a ResNet-101 backbone
+at output stride 16 (ASPP rates 6, 12, 18), crop 321, SGD (momentum 0.9, weight decay
+1e-4) at 1e-3 with the head at 10x, poly decay 0.9, batch 8 labeled + 8 unlabeled (the
+reference's 2 + 2 on each of 4 GPUs), tau 0.95, one strong view with a CutMix box pasted
+with probability 0.5, ``(L_x + L_s) / 2``, 80 epochs of the unlabeled set. The argument
+is the number of labeled images (default 92):
+
+  python -m jaxsemiseg.main --config=configs/voc_fixmatch.py:92 --workdir=/tmp/voc_fm92 \
+      --config.dataset.root=/data/VOCdevkit/VOC2012 \
+      --config.model.pretrained_path=/data/resnet101_imagenet.npz \
+      --config.dataset.split_file=/data/UniMatch/splits/pascal/92/labeled.txt
+
+Without ``split_file`` the labeled images are drawn at random from ``train_aug`` (the
+"blender" protocol); UniMatch's split files draw them from the 1464 finely annotated
+ones. The unlabeled pool is the rest of the 10582 ``train_aug`` images either way.
+
+Differences from the reference that the config cannot remove: the backbone is torchvision's
+ResNet-101 (UniMatch uses ResNet-v1c, a three-conv stem, with its own ImageNet weights;
+convert torchvision's with ``jaxsemiseg.models.weights``), and evaluation pads each image to
+512x512 instead of running one image at a time (padding is ignored by the metric).
+"""
+
+from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled
+
+EPOCHS = 80
+
+
+def get_config(arg=None):
+  """The config for ``arg`` labeled images (a decimal string; default "92")."""
+  num_labeled = voc_num_labeled(arg, default=92, config_name="voc_fixmatch",
+                                examples=(92, 183, 366, 732, 1464))
+  config = voc_config("fixmatch", num_labeled=num_labeled)
+  voc_epoch_schedule(config, epochs=EPOCHS)
+  # cutmix_p stays the method's default, UniMatch's obtain_cutmix_box(p=0.5).
+  config.fixmatch.threshold = 0.95
+  return config
