@@ -41,9 +41,8 @@ Differences from the reference that the config cannot remove:
   each image to 512x512.
 """
 
-from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled
+from jaxsemiseg.config import unimatch_voc_config
 
-EPOCHS = 80
 # The reference's CoTrainer ramps its weights over 80 (epoch_max_ramp) of 100 (max_epoch)
 # epochs.
 RAMP_EPOCHS, REFERENCE_EPOCHS = 80, 100
@@ -51,10 +50,7 @@ RAMP_EPOCHS, REFERENCE_EPOCHS = 80, 100
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "92")."""
-  num_labeled = voc_num_labeled(arg, default=92, config_name="voc_deep_cotraining",
-                                examples=(92, 183, 366, 732, 1464))
-  config = voc_config("deep_cotraining", num_labeled=num_labeled)
-  voc_epoch_schedule(config, epochs=EPOCHS)
+  config = unimatch_voc_config("deep_cotraining", arg, config_name="voc_deep_cotraining")
   config.deep_cotraining.update(dict(
       num_members=2, cot_weight=10.0, adv_weight=0.5, labeled_adversarial_p=0.5,
       fgsm_epsilon=0.05, vat_epsilon=0.05,

@@ -34,19 +34,15 @@ Differences from the reference that the config cannot remove:
   each image to 512x512.
 """
 
-from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled
+from jaxsemiseg.config import unimatch_voc_config
 
-EPOCHS = 80
 # Lakshminarayanan et al.'s ensemble size.
 NUM_MEMBERS = 5
 
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "92")."""
-  num_labeled = voc_num_labeled(arg, default=92, config_name="voc_ensemble_self_training",
-                                examples=(92, 183, 366, 732, 1464))
-  config = voc_config("ensemble_self_training", num_labeled=num_labeled)
-  voc_epoch_schedule(config, epochs=EPOCHS)
+  config = unimatch_voc_config("ensemble_self_training", arg, config_name="voc_ensemble_self_training")
   # cutmix_p and bootstrap stay the method's defaults (UniMatch's 0.5; no bagging).
   config.ensemble_self_training.update(dict(num_members=NUM_MEMBERS, filter="confidence",
                                             threshold=0.95))

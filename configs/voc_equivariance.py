@@ -30,17 +30,12 @@ passes differ by the transform and the colour draw only. The backbone is torchvi
 ResNet-101 (UniMatch: ResNet-v1c), and evaluation pads each image to 512x512.
 """
 
-from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled
-
-EPOCHS = 80
+from jaxsemiseg.config import unimatch_voc_config
 
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "92")."""
-  num_labeled = voc_num_labeled(arg, default=92, config_name="voc_equivariance",
-                                examples=(92, 183, 366, 732, 1464))
-  config = voc_config("equivariance", num_labeled=num_labeled)
-  voc_epoch_schedule(config, epochs=EPOCHS)
+  config = unimatch_voc_config("equivariance", arg, config_name="voc_equivariance")
   # CCT's weight and ramp (the first 10% of training); flips, quarter turns, MSE and the
   # colour draw stay the method's defaults.
   config.equivariance.update(dict(consistency_weight=30.0,

@@ -22,17 +22,12 @@ convert torchvision's with ``jaxsemiseg.models.weights``), and evaluation pads e
 512x512 instead of running one image at a time (padding is ignored by the metric).
 """
 
-from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled
-
-EPOCHS = 80
+from jaxsemiseg.config import unimatch_voc_config
 
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "92")."""
-  num_labeled = voc_num_labeled(arg, default=92, config_name="voc_fixmatch",
-                                examples=(92, 183, 366, 732, 1464))
-  config = voc_config("fixmatch", num_labeled=num_labeled)
-  voc_epoch_schedule(config, epochs=EPOCHS)
+  config = unimatch_voc_config("fixmatch", arg, config_name="voc_fixmatch")
   # cutmix_p stays the method's default, UniMatch's obtain_cutmix_box(p=0.5).
   config.fixmatch.threshold = 0.95
   return config

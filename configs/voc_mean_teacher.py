@@ -31,17 +31,12 @@ The backbone is torchvision's ResNet-101 (UniMatch: ResNet-v1c; TorchSemiSeg: Re
 and evaluation pads each image to 512x512.
 """
 
-from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled
-
-EPOCHS = 80
+from jaxsemiseg.config import unimatch_voc_config
 
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "92")."""
-  num_labeled = voc_num_labeled(arg, default=92, config_name="voc_mean_teacher",
-                                examples=(92, 183, 366, 732, 1464))
-  config = voc_config("mean_teacher", num_labeled=num_labeled)
-  voc_epoch_schedule(config, epochs=EPOCHS)
+  config = unimatch_voc_config("mean_teacher", arg, config_name="voc_mean_teacher")
   # TorchSemiSeg applies its weight from the first iteration: rampup_steps 0.
   config.mean_teacher.update(dict(ema_decay=0.99, consistency_weight=100.0, rampup_steps=0))
   return config

@@ -38,22 +38,18 @@ the reference's 0.75 ln 2 does on two classes. The backbone is torchvision's Res
 (UniMatch: ResNet-v1c), and evaluation pads each image to 512x512.
 """
 
-from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled
+from jaxsemiseg.config import unimatch_voc_config
 
-EPOCHS = 80
 # UA-MT's VNet: Dropout3d(0.5).
 DROPOUT_RATE = 0.5
 
 
 def get_config(arg=None):
   """The config for ``arg`` labeled images (a decimal string; default "92")."""
-  num_labeled = voc_num_labeled(arg, default=92, config_name="voc_ua_mt",
-                                examples=(92, 183, 366, 732, 1464))
-  config = voc_config("ua_mt", num_labeled=num_labeled)
+  config = unimatch_voc_config("ua_mt", arg, config_name="voc_ua_mt")
   # The teacher's uncertainty comes from MC Dropout, which UniMatch's network (no dropout)
   # cannot give.
   config.model.deeplabv3plus.dropout_rate = DROPOUT_RATE
-  voc_epoch_schedule(config, epochs=EPOCHS)
   # The ramps (-1) last the whole run, as the reference's do; ln C follows the dataset.
   config.ua_mt.update(dict(ema_decay=0.99, consistency_weight=0.1, num_samples=8,
                            rampup_steps=-1, threshold_rampup_steps=-1))

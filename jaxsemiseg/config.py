@@ -21,6 +21,10 @@ UNCERTAINTY_MEASURES = ("none", "entropy", "mutual_information")
 # Images of Pascal VOC 2012's SegmentationClassAug ``train_aug`` list: the pool the labeled
 # images of every semi-supervised VOC protocol are drawn from; the rest are unlabeled.
 VOC_TRAIN_AUG_SIZE = 10582
+# UniMatch's Pascal VOC splits (labeled images of the 1464 finely annotated ones) and its
+# schedule in passes over the unlabeled pool (configs/pascal.yaml).
+UNIMATCH_VOC_SPLITS = (92, 183, 366, 732, 1464)
+UNIMATCH_VOC_EPOCHS = 80
 # CutMix probability of the self-training configs on the bundled shapes (the methods'
 # default, UniMatch's 0.5, stays for real photos). A shape's class is its outline alone,
 # so a box that cuts an object leaves a fragment whose class the strong view no longer
@@ -74,6 +78,33 @@ def voc_num_labeled(arg: str | None, *, default: int, config_name: str,
   if not 0 < num_labeled < VOC_TRAIN_AUG_SIZE:
     raise ValueError(f"configs/{config_name}.py:{arg}; {expected}")
   return num_labeled
+
+
+def unimatch_voc_config(method: str, arg: str | None, *,
+                        config_name: str) -> ml_collections.ConfigDict:
+  """``configs/<config_name>.py:<arg>`` on the whole of UniMatch's Pascal VOC protocol.
+
+  :func:`voc_config` with ``arg`` labeled images (default 92, UniMatch's 1/16 of the 1464
+  finely annotated ones) trained for UniMatch's 80 epochs of the unlabeled pool
+  (:func:`voc_epoch_schedule`); the self-training configs start here and add their
+  method's hyper-parameters.
+
+  Args:
+    method: the training method.
+    arg: the config file's argument (see :func:`voc_num_labeled`).
+    config_name: the config file's name without ``.py``, for the error message.
+
+  Returns:
+    The config; ``dataset.root`` is still to be set.
+
+  Raises:
+    ValueError: for an ``arg`` that is not a number of labeled images.
+  """
+  num_labeled = voc_num_labeled(arg, default=UNIMATCH_VOC_SPLITS[0], config_name=config_name,
+                                examples=UNIMATCH_VOC_SPLITS)
+  config = voc_config(method, num_labeled=num_labeled)
+  voc_epoch_schedule(config, epochs=UNIMATCH_VOC_EPOCHS)
+  return config
 
 
 def voc_epoch_schedule(config: ml_collections.ConfigDict, *, epochs: int) -> int:

@@ -159,3 +159,15 @@ def test_shapes_self_training_configs_paste_no_cutmix_box(name):
   # The methods keep UniMatch's default for photos.
   assert methods.get_method(name).default_config().cutmix_p == 0.5
   assert tiny_data.load_config("voc_unimatch").unimatch.cutmix_p == 0.5
+
+
+def test_unimatch_voc_config_is_80_epochs_of_the_unlabeled_pool():
+  config = config_lib.unimatch_voc_config("fixmatch", None, config_name="voc_fixmatch")
+  steps_per_epoch = (10582 - 92) // 8
+  assert (config.method, config.dataset.num_labeled) == ("fixmatch", 92)
+  assert (config.num_steps, config.eval_every, config.checkpoint_every) == (
+      80 * steps_per_epoch, steps_per_epoch, steps_per_epoch)
+  assert config_lib.unimatch_voc_config("fixmatch", "1464",
+                                        config_name="voc_fixmatch").dataset.num_labeled == 1464
+  with pytest.raises(ValueError, match=r"configs/voc_fixmatch\.py:0; .*92, 183, 366, 732"):
+    config_lib.unimatch_voc_config("fixmatch", "0", config_name="voc_fixmatch")
