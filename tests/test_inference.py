@@ -116,7 +116,9 @@ def test_uncertainty_predictor_is_mc_dropout(dropout_run, measure, reference):
       jax.random.key(3), uncertainty.make_mc_dropout_apply_fn(dropout_run.model),
       dropout_run.state.variables, padded, num_samples=4)[:, :, :20, :24]
   assert ids.shape == heat.shape == (1, 20, 24)
-  np.testing.assert_allclose(heat, getattr(uncertainty, reference)(samples), atol=1e-6)
+  # The predictor is one compiled program and the reference another; XLA may fuse the
+  # entropy's sums in a different order, so agreement is to float32 rounding, not bits.
+  np.testing.assert_allclose(heat, getattr(uncertainty, reference)(samples), rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(ids, samples.mean(0).argmax(-1))
   assert heat.max() > 0
 
