@@ -100,6 +100,26 @@ def test_loop_runs_plain_convolutions_outside_any_loop_and_vmap_groups_them(setu
   assert NUM_MEMBERS in group_counts(_compiled_text(setup, "vmap"))
 
 
+def test_unstack_gives_each_member_and_its_gradient_is_one_concatenate():
+  tree = {"x": jnp.arange(12.0).reshape(3, 4), "keys": jax.random.split(jax.random.key(0), 3),
+          "empty": {}}
+  members = stacked.unstack(tree, 3)
+  assert len(members) == 3
+  for index, one in enumerate(members):
+    np.testing.assert_array_equal(one["x"], tree["x"][index])
+    np.testing.assert_array_equal(jax.random.key_data(one["keys"]),
+                                  jax.random.key_data(tree["keys"][index]))
+    assert one["empty"] == {}
+  # Indexing member k has a zero-padded copy of the whole stack as its gradient; with K
+  # large inputs (CCT's 30 feature maps) those K copies cost more than the heads.
+  loss = lambda x: sum(jnp.sum(jnp.sin(member) * k) for k, member in
+                       enumerate(stacked.unstack(x, 3)))
+  gradient = jax.jit(jax.grad(loss)).lower(tree["x"]).as_text()
+  assert "stablehlo.pad" not in gradient
+  np.testing.assert_allclose(jax.grad(loss)(tree["x"]),
+                             jnp.cos(tree["x"]) * jnp.arange(3.0)[:, None], rtol=1e-6)
+
+
 def test_shared_and_empty_arguments_are_passed_through():
   values = jnp.arange(6.0).reshape(3, 2)
   shared = jnp.array([10.0, 20.0])

@@ -244,12 +244,14 @@ def consistency_loss(key: jax.Array, head: HeadFn, heads: Any, features: jax.Arr
   predicted = jnp.where(valid, jnp.argmax(main_logits, axis=-1), 0)
   inputs = perturbed_features(key, features, predicted, head, heads, settings,
                               num_classes=main_logits.shape[-1], member_map=member_map)
-  aux_logits = stacked.stacked_map(head, heads, inputs, member_map=member_map)
 
-  def head_mse(logits: jax.Array) -> jax.Array:
-    return losses.probability_mse(jax.nn.softmax(logits, axis=-1), target, mask=valid)[0]
+  # Each head's loss inside the map, so the K heads' full-resolution logits are never
+  # stacked into one [K, B, H, W, C] array.
+  def head_mse(params: Any, head_input: jax.Array) -> jax.Array:
+    probs = jax.nn.softmax(head(params, head_input), axis=-1)
+    return losses.probability_mse(probs, target, mask=valid)[0]
 
-  return jnp.mean(jax.vmap(head_mse)(aux_logits))
+  return jnp.mean(stacked.stacked_map(head_mse, heads, inputs, member_map=member_map))
 
 
 def make_train_step(model, tx: optax.GradientTransformation,
