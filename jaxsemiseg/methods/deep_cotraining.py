@@ -153,7 +153,8 @@ def make_attacks(model, config: ml_collections.ConfigDict) -> tuple[Callable, Ca
 def view_difference(model, config: ml_collections.ConfigDict, params: Any, batch_stats: Any,
                     batch: dict, clean_probs: jax.Array, key: jax.Array, *,
                     attacker: int | jax.Array,
-                    judge: int | jax.Array, use_labeled: jax.Array | bool) -> jax.Array:
+                    judge: int | jax.Array, use_labeled: jax.Array | bool,
+                    branchless: bool = False) -> jax.Array:
   """``KL(p_attacker(x) || p_judge(x_adv))``, x_adv the attacker's adversarial example.
 
   Args:
@@ -168,7 +169,9 @@ def view_difference(model, config: ml_collections.ConfigDict, params: Any, batch
     attacker: index i of the net whose adversarial examples are built (int or traced).
     judge: index j of the net that must not be fooled (int or traced).
     use_labeled: FGSM on the labeled images (True) or VAT on ``image_u`` (False); a
-      traced bool runs only the chosen branch.
+      traced bool runs only the chosen branch in a ``lax.cond``, or with ``branchless``
+      both attacks and one judge pass on the chosen view.
+    branchless: no ``lax.cond`` (for XLA:CPU, see ``make_train_step``).
 
   Returns:
     The scalar KL over valid pixels.
@@ -186,18 +189,25 @@ def view_difference(model, config: ml_collections.ConfigDict, params: Any, batch
                                 rng=dropout_key)
     return losses.kl_divergence(target, outputs["logits"], mask=mask)[0]
 
-  def labeled_term() -> jax.Array:
-    images_adv = fgsm(attacker_variables, batch["image"], batch["label"], None)
-    return judged(images_adv, clean_probs[attacker, :num_labeled],
-                  batch["label"] != losses.IGNORE_INDEX)
+  def labeled_view() -> tuple[jax.Array, jax.Array, jax.Array]:
+    return (fgsm(attacker_variables, batch["image"], batch["label"], None),
+            clean_probs[attacker, :num_labeled], batch["label"] != losses.IGNORE_INDEX)
 
-  def unlabeled_term() -> jax.Array:
-    images_adv = vat(attacker_variables, batch["image_u"], vat_key)
-    return judged(images_adv, clean_probs[attacker, num_labeled:], batch["valid_u"])
+  def unlabeled_view() -> tuple[jax.Array, jax.Array, jax.Array]:
+    return (vat(attacker_variables, batch["image_u"], vat_key),
+            clean_probs[attacker, num_labeled:], batch["valid_u"])
 
   if isinstance(use_labeled, bool):
-    return labeled_term() if use_labeled else unlabeled_term()
-  return jax.lax.cond(use_labeled, labeled_term, unlabeled_term)
+    return judged(*(labeled_view() if use_labeled else unlabeled_view()))
+  if not branchless:
+    return jax.lax.cond(use_labeled, lambda: judged(*labeled_view()),
+                        lambda: judged(*unlabeled_view()))
+  labeled, unlabeled = labeled_view(), unlabeled_view()
+  if [x.shape for x in labeled] == [x.shape for x in unlabeled]:
+    # Both attacks run, but the judge's train-mode pass (forward and backward) only once,
+    # on the view the coin chose.
+    return judged(*(jnp.where(use_labeled, a, b) for a, b in zip(labeled, unlabeled)))
+  return jnp.where(use_labeled, judged(*labeled), judged(*unlabeled))
 
 
 def make_train_step(model, tx: optax.GradientTransformation,
@@ -237,19 +247,20 @@ def make_train_step(model, tx: optax.GradientTransformation,
       loss_cot, _ = losses.jensen_shannon(probs[:, num_labeled:], mask=batch["valid_u"])
 
       def pair_term(attacker: int | jax.Array, judge: int | jax.Array, key: jax.Array,
-                    labeled: bool | jax.Array) -> jax.Array:
+                    labeled: jax.Array, branchless: bool = False) -> jax.Array:
         return view_difference(model, config, params, state.batch_stats, batch, probs, key,
-                               attacker=attacker, judge=judge, use_labeled=labeled)
+                               attacker=attacker, judge=judge, use_labeled=labeled,
+                               branchless=branchless)
 
       keys = jax.random.split(adversarial_rng, len(pairs))
       if stacked.resolve_member_map(config.member_map) == "loop":
         # XLA:CPU: a lax.cond branch, like a loop body, is a computation of its own whose
         # backward-pass convolutions miss the fast kernels (see jaxsemiseg.stacked), so
-        # here the pairs are unrolled and each runs both attacks, its coin picking one:
-        # twice the attack work, still ~2x faster than the loop of conds on CPU.
+        # here the pairs are unrolled and each runs both attacks, its coin picking the
+        # view the judge sees: twice the attack work, still ~2x faster than the loop of
+        # conds on CPU.
         loss_adv = jnp.mean(jnp.stack([
-            jnp.where(labeled, pair_term(attacker, judge, key, True),
-                      pair_term(attacker, judge, key, False))
+            pair_term(attacker, judge, key, labeled, branchless=True)
             for (attacker, judge), key, labeled in zip(pairs, keys, use_labeled)]))
       else:
         # A loop, not a vmap: each pair runs only the attack its coin chose, and the

@@ -103,20 +103,24 @@ def test_vat_examples_come_from_the_attacker(setup):
   assert not np.isclose(float(term), float(expected(1)), rtol=1e-6, atol=0)
 
 
-def test_traced_pair_and_coin_match_the_static_call(setup):
+@pytest.mark.parametrize("branchless", [False, True])
+def test_traced_pair_and_coin_match_the_static_call(setup, branchless):
   model, config, state, batch, clean_probs = setup
 
-  @jax.jit
-  def traced(attacker, judge, use_labeled):
+  def term(params, attacker, judge, use_labeled, branchless=False):
     return deep_cotraining.view_difference(
-        model, config, state.params, state.batch_stats, batch, clean_probs, jax.random.key(3),
-        attacker=attacker, judge=judge, use_labeled=use_labeled)
+        model, config, params, state.batch_stats, batch, clean_probs, jax.random.key(3),
+        attacker=attacker, judge=judge, use_labeled=use_labeled, branchless=branchless)
 
+  traced = jax.jit(jax.value_and_grad(
+      lambda params, attacker, judge, use_labeled: term(params, attacker, judge, use_labeled,
+                                                        branchless)))
   for use_labeled in (True, False):
-    static = deep_cotraining.view_difference(
-        model, config, state.params, state.batch_stats, batch, clean_probs, jax.random.key(3),
-        attacker=1, judge=0, use_labeled=use_labeled)
-    np.testing.assert_allclose(traced(1, 0, use_labeled), static, rtol=1e-5)
+    static, static_grads = jax.value_and_grad(term)(state.params, 1, 0, use_labeled)
+    value, grads = traced(state.params, 1, 0, jnp.asarray(use_labeled))
+    np.testing.assert_allclose(value, static, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 grads, static_grads)
 
 
 def test_view_difference_trains_only_the_judge(setup):
