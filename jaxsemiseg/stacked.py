@@ -64,7 +64,7 @@ def unstack(stacked: Any, num_members: int) -> list[Any]:
   One ``lax.split`` per leaf rather than ``num_members`` indexings: the gradient of a
   split is one concatenation, while each index's gradient is a zero-padded copy of the
   whole stack, so K indexings of a large stacked input (CCT's 30 perturbed feature maps)
-  write K full-size buffers in the backward pass (12 ms each for CCT's features on a
+  write K full-size buffers in the backward pass (~11 ms each for CCT's features on a
   2-core CPU, more than the head they feed).
 
   Args:

@@ -245,8 +245,8 @@ def consistency_loss(key: jax.Array, head: HeadFn, heads: Any, features: jax.Arr
   inputs = perturbed_features(key, features, predicted, head, heads, settings,
                               num_classes=main_logits.shape[-1], member_map=member_map)
 
-  # Each head's loss inside the map, so the K heads' full-resolution logits are never
-  # stacked into one [K, B, H, W, C] array.
+  # Each head's loss inside the map, so the CPU loop never stacks the K heads'
+  # full-resolution logits into one [K, B, H, W, C] array.
   def head_mse(params: Any, head_input: jax.Array) -> jax.Array:
     probs = jax.nn.softmax(head(params, head_input), axis=-1)
     return losses.probability_mse(probs, target, mask=valid)[0]

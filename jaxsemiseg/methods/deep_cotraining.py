@@ -22,7 +22,8 @@ N networks with different initialisations and their own optimizer states, stacke
 How it runs (``config.member_map``, see ``jaxsemiseg.stacked``): on GPU/TPU the nets'
 forward pass is one ``jax.vmap`` over the stacked nets and the pairs are a ``lax.map``
 whose ``lax.cond`` runs only the attack each coin chose. On CPU the nets run in an
-unrolled loop and so do the pairs, each computing both attacks and selecting one: XLA:CPU
+unrolled loop and so do the pairs, each computing both attacks and selecting the view
+the judge sees (one judge pass when both views have one shape): XLA:CPU
 runs vmapped convolutions, and backward convolutions inside a loop or a ``cond``, slowly.
 
 Deviations from the reference:
@@ -170,7 +171,8 @@ def view_difference(model, config: ml_collections.ConfigDict, params: Any, batch
     judge: index j of the net that must not be fooled (int or traced).
     use_labeled: FGSM on the labeled images (True) or VAT on ``image_u`` (False); a
       traced bool runs only the chosen branch in a ``lax.cond``, or with ``branchless``
-      both attacks and one judge pass on the chosen view.
+      both attacks and one judge pass on the chosen view (two, then the chosen loss,
+      when the labeled and unlabeled views differ in shape or dtype).
     branchless: no ``lax.cond`` (for XLA:CPU, see ``make_train_step``).
 
   Returns:
@@ -203,7 +205,7 @@ def view_difference(model, config: ml_collections.ConfigDict, params: Any, batch
     return jax.lax.cond(use_labeled, lambda: judged(*labeled_view()),
                         lambda: judged(*unlabeled_view()))
   labeled, unlabeled = labeled_view(), unlabeled_view()
-  if [x.shape for x in labeled] == [x.shape for x in unlabeled]:
+  if [(x.shape, x.dtype) for x in labeled] == [(x.shape, x.dtype) for x in unlabeled]:
     # Both attacks run, but the judge's train-mode pass (forward and backward) only once,
     # on the view the coin chose.
     return judged(*(jnp.where(use_labeled, a, b) for a, b in zip(labeled, unlabeled)))
