@@ -161,6 +161,13 @@ def test_shapes_self_training_configs_paste_no_cutmix_box(name):
   assert tiny_data.load_config("voc_unimatch").unimatch.cutmix_p == 0.5
 
 
+def test_shapes_cps_is_cps_without_cutmix_and_voc_keeps_it():
+  config = tiny_data.load_config("cps")
+  assert (config.cps.cutmix, config.cps.cps_weight) == (False, 1.5)
+  assert methods.get_method("cps").default_config().cutmix
+  assert tiny_data.load_config("voc_cps").cps.cutmix
+
+
 def test_unimatch_voc_config_is_80_epochs_of_the_unlabeled_pool():
   config = config_lib.unimatch_voc_config("fixmatch", None, config_name="voc_fixmatch")
   steps_per_epoch = (10582 - 92) // 8

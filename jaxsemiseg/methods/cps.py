@@ -13,9 +13,14 @@ states, stacked as in ``cotraining``. Per step, with ``image_u`` (A) and ``image
 
 As in charlesCXK/TorchSemiSeg, every forward pass is in train mode and the labeled and
 mixed batches go through each net in separate calls (so BatchNorm statistics are never
-shared between them); here A and B are predicted in one call per net. The
-CPS-without-CutMix variant (weight 1.5, CPS loss also on the labeled images) is not
-implemented.
+shared between them); here A and B are predicted in one call per net.
+
+``cutmix=False`` is the paper's CPS without CutMix (TorchSemiSeg's ``voc8.res50v3+.CPS``,
+weight 1.5): each net predicts the labeled images and ``image_u`` once (two train-mode
+calls), and the cross supervision is ``CE(f1(x), y2_hat) + CE(f2(x), y1_hat)`` over the
+pixels of both batches, the pseudo-labels the argmax of those same predictions (no
+gradient). B (``image_u2``) is then unused. The labeled images' pixels count where their
+label is not 255 (crop padding, and VOC's object borders, which the reference counts).
 
 Evaluation uses the average of the two nets' probabilities (``cotraining``); the
 reference evaluates its first net alone, which ``cotraining.evaluate_members`` reports too.
@@ -48,6 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       # TorchSemiSeg's cps_weight for VOC with CutMix (Cityscapes with CutMix: 5).
       cps_weight=1.0,
+      # CPS with CutMix (the paper's best setting); False: CPS on the plain images, labeled
+      # and unlabeled (the reference then uses cps_weight 1.5).
+      cutmix=True,
       # TorchSemiSeg's BoxMaskGenerator(prop_range=(0.25, 0.5), n_boxes=3).
       num_boxes=3,
       box_area_range=(0.25, 0.5),
@@ -142,6 +150,8 @@ def make_train_step(model, tx: optax.GradientTransformation,
   nets' CPS terms, unweighted) and ``grad_norm``.
   """
   settings = config.cps
+  if not settings.cutmix:
+    return _make_plain_train_step(model, tx, config)
 
   def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
     mask_rng, teacher_rng, labeled_rng, mixed_rng = jax.random.split(rng, 4)
@@ -163,6 +173,36 @@ def make_train_step(model, tx: optax.GradientTransformation,
       loss_x, terms = jax.vmap(
           lambda z: common.supervised_loss(z, batch["label"], config.loss))(labeled["logits"])
       loss_cps = cross_supervision_losses(mixed["logits"], pseudo_labels, mixed_valid).sum()
+      metrics = {**{name: value.sum() for name, value in terms.items()},
+                 "loss_x": loss_x.sum(), "loss_cps": loss_cps}
+      return loss_x.sum() + settings.cps_weight * loss_cps, (new_stats, metrics)
+
+    return cotraining.apply_member_gradients(state, tx, loss_fn)
+
+  return step
+
+
+def _make_plain_train_step(model, tx: optax.GradientTransformation,
+                           config: ml_collections.ConfigDict) -> Callable:
+  """CPS without CutMix: cross supervision on the labeled and unlabeled images themselves."""
+  settings = config.cps
+
+  def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+    labeled_rng, unlabeled_rng = jax.random.split(rng)
+    valid = jnp.concatenate([batch["label"] != losses.IGNORE_INDEX, batch["valid_u"]])
+
+    def loss_fn(params: Any):
+      labeled, new_stats = cotraining.forward_members(
+          model, params, state.batch_stats, batch["image"], train=True, rng=labeled_rng,
+          member_map=config.member_map)
+      unlabeled, new_stats = cotraining.forward_members(
+          model, params, new_stats, batch["image_u"], train=True, rng=unlabeled_rng,
+          member_map=config.member_map)
+      loss_x, terms = jax.vmap(
+          lambda z: common.supervised_loss(z, batch["label"], config.loss))(labeled["logits"])
+      logits = jnp.concatenate([labeled["logits"], unlabeled["logits"]], axis=1)
+      pseudo_labels = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1).astype(jnp.int32)
+      loss_cps = cross_supervision_losses(logits, pseudo_labels, valid).sum()
       metrics = {**{name: value.sum() for name, value in terms.items()},
                  "loss_x": loss_x.sum(), "loss_cps": loss_cps}
       return loss_x.sum() + settings.cps_weight * loss_cps, (new_stats, metrics)

@@ -134,6 +134,31 @@ def test_step_is_the_same_with_the_members_vmapped_or_looped(setup):
                          state.params["classifier"]["kernel"])
 
 
+def test_cps_without_cutmix_cross_supervises_labeled_and_unlabeled_images(setup):
+  model, state, images, unlabeled, _ = setup
+  labels = jnp.asarray(np.random.default_rng(2).integers(0, NUM_CLASSES, images.shape[:3]))
+  labels = labels.at[0, :4].set(losses.IGNORE_INDEX)
+  valid_u = jnp.ones(images.shape[:3], bool).at[1, -3:].set(False)
+  batch = {"image": images, "label": labels, "image_u": unlabeled, "valid_u": valid_u,
+           "image_u2": images[::-1], "valid_u2": jnp.ones(images.shape[:3], bool)}
+  config = config_lib.base_config("cps")
+  config.cps.cutmix, config.cps.cps_weight = False, 1.5
+  _, metrics = jax.jit(cps.make_train_step(model, optax.sgd(0.0), config))(
+      state, batch, jax.random.key(3))
+  # The tiny UNet has no dropout, so the step's train-mode passes are these.
+  logits = jnp.stack([jnp.concatenate([_single_logits(model, state, i, images),
+                                       _single_logits(model, state, i, unlabeled)])
+                      for i in range(2)])
+  pseudo = jnp.argmax(logits, axis=-1)
+  valid = jnp.concatenate([labels != losses.IGNORE_INDEX, valid_u])
+  expected_cps = sum(
+      losses.cross_entropy(logits[i], jnp.where(valid, pseudo[1 - i], 255))[0]
+      for i in range(2))
+  expected_x = sum(losses.cross_entropy(logits[i, :BATCH], labels)[0] for i in range(2))
+  np.testing.assert_allclose(metrics["loss_cps"], expected_cps, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], expected_x + 1.5 * expected_cps, rtol=1e-5)
+
+
 def test_average_predictor_is_the_mean_of_the_members(setup):
   model, state, images, *_ = setup
   average = cotraining.make_predict_fn(model, config_lib.base_config("cps"))(state, images)
