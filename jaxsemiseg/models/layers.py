@@ -55,6 +55,24 @@ def torch_conv(features: int, kernel_size: int, *, strides: int = 1, dilation: i
                  kernel_init=_KAIMING_FAN_OUT, dtype=dtype, name=name)
 
 
+class ParamScope(nn.Module):
+  """A submodule that only declares parameters: ``{name: (initializer, shape)}``.
+
+  Lets a fused layer own the parameters of the Flax layers it replaces, under their scope
+  names, so that the parameter tree and the initial values stay the same.
+
+  Attributes:
+    specs: ``{parameter name: (initializer, shape)}``, declared in this order.
+  """
+
+  specs: dict
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, ...]:
+    """Returns the parameters in the order of ``specs``."""
+    return tuple(self.param(name, init, shape) for name, (init, shape) in self.specs.items())
+
+
 def torch_batch_norm(*, train: bool, dtype: Any = jnp.float32,
                      name: str | None = None) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults: eps 1e-5, momentum 0.1 (0.9 in Flax's convention).

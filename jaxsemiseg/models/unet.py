@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxsemiseg.models import layers
+from jaxsemiseg.models import group_norm, layers
 
 
 class Upsample2x2(nn.Module):
@@ -65,6 +65,10 @@ class Upsample2x2(nn.Module):
 class ConvGroupNormBlock(nn.Module):
   """[3x3 conv -> GroupNorm -> ReLU] x 2, the torch benchmark's ``block``.
 
+  The parameters are those of ``nn.Conv(features, (3, 3), name="conv{i}")`` and
+  ``nn.GroupNorm(name="norm{i}")``; the bias add, GroupNorm and ReLU run as one
+  ``group_norm.group_norm_relu``.
+
   Attributes:
     features: output channels of both convs.
     groups: GroupNorm groups.
@@ -78,12 +82,18 @@ class ConvGroupNormBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for index in range(2):
-      x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                  name=f"conv{index}")(x)
+      # The parameters of nn.Conv(features, (3, 3)) and nn.GroupNorm, under their names.
+      kernel, conv_bias = layers.ParamScope(
+          {"kernel": (nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)),
+           "bias": (nn.initializers.zeros, (self.features,))}, name=f"conv{index}")()
+      scale, bias = layers.ParamScope(
+          {"scale": (nn.initializers.ones, (self.features,)),
+           "bias": (nn.initializers.zeros, (self.features,))}, name=f"norm{index}")()
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      x = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
       # PyTorch's GroupNorm epsilon (Flax defaults to 1e-6).
-      x = nn.GroupNorm(num_groups=self.groups, epsilon=1e-5, dtype=self.dtype,
-                       name=f"norm{index}")(x)
-      x = nn.relu(x)
+      x = group_norm.group_norm_relu(x, conv_bias, scale, bias, self.groups, 1e-5)
     return x
 
 
