@@ -8,7 +8,7 @@ only ``C/G`` wide. Here every large reduction runs over ``H, W`` with the channe
 innermost, the group means are taken on ``[N, C]`` sums, the backward pass is the
 closed-form GroupNorm gradient (one reduction pass and one element-wise pass), and the
 input that is kept for it is the conv output itself. On a 2-core CPU this takes the UNet-S
-train step from ~21.9 to ~23.6 steps/s (bench/RESULTS.md, "CPU speed against PyTorch").
+train step from ~21.6 to ~23.7 steps/s (bench/RESULTS.md, "CPU speed against PyTorch").
 
 Statistics are float32 whatever the input dtype (as in ``nn.GroupNorm``), with the same
 variance, ``max(E[x^2] - E[x]^2, 0)``.
