@@ -17,6 +17,7 @@ variance, ``max(E[x^2] - E[x]^2, 0)``.
 from __future__ import annotations
 
 import functools
+
 import jax
 import jax.numpy as jnp
 
