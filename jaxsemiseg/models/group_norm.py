@@ -30,7 +30,7 @@ def _group_mean(channel_sums: jax.Array, *, groups: int, count: int) -> jax.Arra
 
 
 def _forward(x, conv_bias, scale, bias, groups, epsilon):
-  n, h, w, c = x.shape
+  _, h, w, c = x.shape
   pixels = h * w
   count = pixels * (c // groups)
   xf = x.astype(jnp.float32)
@@ -70,7 +70,7 @@ def group_norm_relu(x: jax.Array, conv_bias: jax.Array, scale: jax.Array, bias: 
 def _backward(groups, epsilon, residuals, grad_out):
   del epsilon
   x, conv_bias, scale, bias, channel_sum, mean, inv_std = residuals
-  n, h, w, c = x.shape
+  _, h, w, c = x.shape
   pixels = h * w
   count = pixels * (c // groups)
   normalized = (x.astype(jnp.float32) - (mean - conv_bias)) * inv_std
