@@ -221,7 +221,7 @@ def attention_logits(heads: Heads, params: dict, batch_stats: Any, stages: tuple
 
 def weak_pseudo_labels(model, heads: Heads, state: TrainState, images: jax.Array,
                        valid: jax.Array, *, rng: jax.Array,
-                       temperature: float) -> tuple[jax.Array, Any, Any]:
+                       temperature: float) -> tuple[jax.Array, jax.Array, Any, Any]:
   """The calibrated soft pseudo-labels of the weak views, carrying no gradient.
 
   As the reference: the decoder logits come from a train-mode pass (its BatchNorm
@@ -239,22 +239,23 @@ def weak_pseudo_labels(model, heads: Heads, state: TrainState, images: jax.Array
     temperature: T of the sharpening.
 
   Returns:
-    ``(targets [B, H, W, C], batch_stats, head_batch_stats)``: the pseudo-labels and the
-    model's and attention module's statistics after the train-mode passes.
+    ``(targets [B, H, W, C], present [B, C - 1], batch_stats, head_batch_stats)``: the
+    pseudo-labels, the foreground classes the image classifier found in each view (the
+    ones the Grad-CAM is drawn for; none means a zero CAM) and the model's and attention
+    module's statistics after the train-mode passes.
   """
   eval_outputs, _ = common.forward(model, state.params, state.batch_stats, images,
                                    train=False)
   train_outputs, batch_stats = common.forward(model, state.params, state.batch_stats,
                                               images, train=True, rng=rng)
   stages = eval_outputs["backbone_features"]
-  presence = jax.nn.sigmoid(heads.classifier.apply(
-      {"params": state.extras["heads"]["classifier"]}, stages[-1]))
+  present = jax.nn.sigmoid(heads.classifier.apply(
+      {"params": state.extras["heads"]["classifier"]}, stages[-1])) >= _PRESENCE_THRESHOLD
   attention, head_batch_stats = attention_logits(
-      heads, state.extras["heads"], state.extras["head_batch_stats"], stages,
-      presence >= _PRESENCE_THRESHOLD, valid)
+      heads, state.extras["heads"], state.extras["head_batch_stats"], stages, present, valid)
   targets = pseudoseg_calibration.soft_pseudo_labels(train_outputs["logits"], attention,
                                                      temperature=temperature)
-  return targets, batch_stats, head_batch_stats
+  return targets, present, batch_stats, head_batch_stats
 
 
 def make_train_step(model, tx: optax.GradientTransformation,
@@ -264,7 +265,10 @@ def make_train_step(model, tx: optax.GradientTransformation,
   ``batch`` needs ``image``, ``label``, ``image_u`` and ``valid_u``. Metrics: ``loss``,
   ``loss_x`` (with the labeled terms such as ``loss_ce``), ``loss_cls``, ``loss_att``,
   ``loss_u``, ``pseudo_confidence`` (mean max probability of the sharpened pseudo-label
-  over the valid pixels) and ``grad_norm`` (of the model's and the heads' gradients).
+  over the valid pixels), ``no_class_fraction`` (weak views in which the image classifier
+  found no foreground class, so their Grad-CAM is zero and the attention half of their
+  pseudo-label is the attention module's learned prior alone) and ``grad_norm`` (of the
+  model's and the heads' gradients).
   """
   settings = config.pseudoseg
 
@@ -274,7 +278,7 @@ def make_train_step(model, tx: optax.GradientTransformation,
     heads = make_heads(num_classes, settings)
     strong_images, valid_u = strong_view(view_rng, batch["image_u"], batch["valid_u"],
                                          cutout_fraction=settings.cutout_fraction)
-    targets, batch_stats, head_batch_stats = weak_pseudo_labels(
+    targets, present, batch_stats, head_batch_stats = weak_pseudo_labels(
         model, heads, state, batch["image_u"], valid_u, rng=weak_rng,
         temperature=settings.temperature)
     image_labels = image_labels_from_masks(batch["label"], num_classes=num_classes)
@@ -312,6 +316,7 @@ def make_train_step(model, tx: optax.GradientTransformation,
     confidence = (jnp.where(valid_u, targets.max(axis=-1), 0.0).sum()
                   / jnp.maximum(valid_u.sum(), 1))
     return new_state, {**metrics, "loss": loss, "pseudo_confidence": confidence,
+                       "no_class_fraction": jnp.mean(~present.any(axis=-1)),
                        "grad_norm": optax.tree.norm((grads, head_grads))}
 
   return step

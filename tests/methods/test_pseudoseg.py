@@ -354,7 +354,7 @@ def test_step_reports_its_terms_and_learns_a_fixed_batch(compiled_steps):
   state, history = tiny_data.train_on_fixed_batch(step, state, batch, NUM_STEPS)
   for metrics in history:
     assert metrics.keys() == {"loss", "grad_norm", "loss_x", "loss_ce", "loss_cls",
-                              "loss_att", "loss_u", "pseudo_confidence"}
+                              "loss_att", "loss_u", "pseudo_confidence", "no_class_fraction"}
     np.testing.assert_allclose(
         metrics["loss"], metrics["loss_x"] + metrics["loss_cls"] + metrics["loss_att"]
         + metrics["loss_u"], rtol=1e-5)
@@ -364,6 +364,22 @@ def test_step_reports_its_terms_and_learns_a_fixed_batch(compiled_steps):
   for name in ("loss_x", "loss_cls", "loss_att", "loss_u"):
     assert last[name] < first[name], (name, [m[name] for m in history])
   assert 0.0 < first["pseudo_confidence"] < last["pseudo_confidence"] <= 1.0
+
+
+@pytest.mark.parametrize("first_class_bias, expected", [(-50.0, 1.0), (50.0, 0.0)])
+def test_no_class_fraction_counts_views_whose_classifier_finds_no_class(
+    compiled_steps, first_class_bias, expected):
+  step, state, batch = compiled_steps[1]
+  state = tiny_data.copy_state(state)  # the step donates its state
+  heads = state.extras["heads"]
+  classifier = heads["classifier"]
+  # Every class but the first is absent from every view; one present class is enough.
+  bias = jnp.full_like(classifier["dense"]["bias"], -50.0).at[0].set(first_class_bias)
+  dense = {**classifier["dense"], "bias": bias}
+  state = state.replace(extras={**state.extras, "heads": {
+      **heads, "classifier": {**classifier, "dense": dense}}})
+  _, metrics = step(state, batch, jax.random.key(0))
+  assert float(metrics["no_class_fraction"]) == expected
 
 
 def test_one_and_four_devices_agree(compiled_steps):
