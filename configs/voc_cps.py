@@ -9,12 +9,14 @@ evaluation (window 512, stride 2/3). The argument is the number of labeled image
 ``train_aug`` (default 1322, TorchSemiSeg's 1/8 split, 10582 // 8):
 
   python -m jaxsemiseg.main --config=configs/voc_cps.py:1322 --workdir=/tmp/voc_cps \
-      --config.dataset.root=/data/VOCdevkit/VOC2012
+      --config.dataset.root=/data/VOCdevkit/VOC2012 \
+      --config.model.pretrained_path=/data/resnet101_imagenet.npz
+
+``pretrained_path`` (an ImageNet ResNet-101 converted once, see
+``jaxsemiseg/models/weights.py``) gives both nets the same backbone, as TorchSemiSeg's
+``pretrained_model``; their heads start from different random weights.
 
 Differences from the reference that the config cannot remove:
-- no ImageNet initialisation: the loop cannot load ``model.pretrained_path`` into
-  stacked co-training members yet (``cotraining.check_no_pretrained``), so both nets
-  start from random weights and fall far short of the paper's mIoU until it can;
 - the reference backbone is ResNet-50/101-v1c (three-conv stem), here torchvision's;
 - the labeled images are drawn at random (the "blender" protocol) unless
   ``dataset.split_file`` names TorchSemiSeg's subset list;

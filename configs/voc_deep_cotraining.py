@@ -21,16 +21,15 @@ number of labeled images (default 92):
 
   python -m jaxsemiseg.main --config=configs/voc_deep_cotraining.py:92 \
       --workdir=/tmp/voc_dct92 --config.dataset.root=/data/VOCdevkit/VOC2012 \
-      --config.dataset.split_file=/data/UniMatch/splits/pascal/92/labeled.txt
+      --config.dataset.split_file=/data/UniMatch/splits/pascal/92/labeled.txt \
+      --config.model.pretrained_path=/data/resnet101_imagenet.npz
 
-Without ``split_file`` the labeled images are drawn at random from ``train_aug``; the
+``pretrained_path`` (an ImageNet ResNet-101 converted once, see
+``jaxsemiseg/models/weights.py``) gives both nets the same backbone; their heads start
+from different random weights. Without ``split_file`` the labeled images are drawn at random from ``train_aug``; the
 unlabeled pool is the rest of its 10582 images.
 
 Differences from the reference that the config cannot remove:
-- no ImageNet initialisation: the loop cannot load ``model.pretrained_path`` into
-  stacked co-training members yet (``cotraining.check_no_pretrained``), so both nets
-  start from random weights and fall far short of UniMatch's ImageNet-initialised numbers
-  until it can;
 - the supervised, co-training and view-difference terms are one loss and one update per
   net, not three; each step splits its labeled batch between the nets afresh, where the
   reference gives each net a fixed subset and a batch of its own; the VAT xi is 1e-3, not

@@ -17,17 +17,16 @@ is the number of labeled images (default 92):
 
   python -m jaxsemiseg.main --config=configs/voc_ensemble_self_training.py:92 \
       --workdir=/tmp/voc_ens92 --config.dataset.root=/data/VOCdevkit/VOC2012 \
-      --config.dataset.split_file=/data/UniMatch/splits/pascal/92/labeled.txt
+      --config.dataset.split_file=/data/UniMatch/splits/pascal/92/labeled.txt \
+      --config.model.pretrained_path=/data/resnet101_imagenet.npz
 
-Without ``split_file`` the labeled images are drawn at random from ``train_aug``; the
+``pretrained_path`` (an ImageNet ResNet-101 converted once, see
+``jaxsemiseg/models/weights.py``) gives every member the same backbone; their heads start
+from different random weights. Without ``split_file`` the labeled images are drawn at random from ``train_aug``; the
 unlabeled pool is the rest of its 10582 images.
 
 Differences from the reference that the config cannot remove:
-- no ImageNet initialisation: the loop cannot load ``model.pretrained_path`` into
-  stacked members yet (``cotraining.check_no_pretrained``), so every member starts from
-  random weights and falls far short of UniMatch's ImageNet-initialised numbers until it
-  can;
-- the members differ in their initialisation only: they see the same batches in the same
+- the members differ in their heads' initialisation only: they see the same batches in the same
   order, where Lakshminarayanan et al.'s also differ in data order, and none trains
   adversarially (the paper's optional FGSM);
 - the backbone is torchvision's ResNet-101 (UniMatch: ResNet-v1c), and evaluation pads

@@ -31,8 +31,8 @@ from jaxsemiseg import data as data_lib
 from jaxsemiseg import evaluate as evaluate_lib
 from jaxsemiseg import methods, models, optim, parallel
 from jaxsemiseg.data import pipeline
+from jaxsemiseg.methods import common
 from jaxsemiseg.metric_writer import MetricWriter
-from jaxsemiseg.models import weights as weights_lib
 
 RUN_INFO_FILE = "run_info.json"
 
@@ -76,12 +76,9 @@ def build_run(config: ml_collections.ConfigDict, *, num_classes: int, mesh,
       lambda rng: init(rng, sample_batch=sample_batch),
       out_shardings=parallel.replicated_sharding(mesh))(init_rng)
   if load_pretrained and config.model.pretrained_path:
-    variables = weights_lib.load_pretrained_backbone(
-        jax.device_get(state.variables), config.model.pretrained_path)
+    load = getattr(method, "with_pretrained_backbone", common.with_pretrained_backbone)
     state = parallel.replicate(
-        state.replace(params=variables["params"],
-                      batch_stats=variables.get("batch_stats", state.batch_stats),
-                      opt_state=tx.init(variables["params"])), mesh)
+        load(jax.device_get(state), config.model.pretrained_path, tx=tx), mesh)
   return Run(config=config, mesh=mesh, model=model, method=method, tx=tx,
              schedule=schedule, state=state, num_classes=num_classes)
 

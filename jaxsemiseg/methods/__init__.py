@@ -8,7 +8,10 @@ config)`` and ``make_train_step(model, tx, config)`` returning a pure, un-jitted
 ``image_u2``), ``make_predict_fn(model, config)`` when evaluation differs from a single
 forward pass (ensembles, co-training) and ``train_batches(labeled, unlabeled, **args)`` when
 the method builds its batches itself (``pseudo_label``: a labeled and a pseudo-labeled
-stream), in place of ``data.pipeline.train_batches`` and with its arguments.
+stream), in place of ``data.pipeline.train_batches`` and with its arguments, and
+``with_pretrained_backbone(state, path, *, tx)`` when loading
+``config.model.pretrained_path`` into the initial state takes more than
+``common.with_pretrained_backbone`` (Mean Teacher's teacher, co-training's stacked members).
 """
 
 from __future__ import annotations

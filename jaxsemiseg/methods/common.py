@@ -10,6 +10,7 @@ import ml_collections
 import optax
 
 from jaxsemiseg import losses
+from jaxsemiseg.models import weights
 
 
 def forward(model, params: Any, batch_stats: Any, images: jax.Array, *, train: bool,
@@ -131,3 +132,27 @@ def apply_updates_with_heads(tx, state, grads: Any, heads: Any, head_grads: Any,
   head_updates, head_opt_state = tx.update(head_grads, head_opt_state, heads)
   return (optax.apply_updates(state.params, updates), opt_state,
           optax.apply_updates(heads, head_updates), head_opt_state)
+
+
+def with_pretrained_backbone(state: Any, path: str, *, tx: optax.GradientTransformation,
+                             stacked: bool = False) -> Any:
+  """``state`` with its backbone from ``path`` and a fresh optimizer state.
+
+  The loop calls a method's ``with_pretrained_backbone`` (this one by default) on the
+  initial state when ``config.model.pretrained_path`` is set.
+
+  Args:
+    state: an initial train state (step 0), on the host.
+    path: an ``.npz`` of backbone weights (``weights.load_pretrained_backbone``).
+    tx: the optimizer, whose state is rebuilt for the new parameters.
+    stacked: the state holds members on a leading axis (``cotraining.init_members``):
+      each member gets the same backbone and keeps its own head and optimizer state.
+
+  Returns:
+    The new state; its ``extras`` are kept as they are.
+  """
+  variables = weights.load_pretrained_backbone(state.variables, path, stacked=stacked)
+  params = variables["params"]
+  return state.replace(params=params,
+                       batch_stats=variables.get("batch_stats", state.batch_stats),
+                       opt_state=(jax.vmap(tx.init) if stacked else tx.init)(params))

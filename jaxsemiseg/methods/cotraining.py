@@ -21,9 +21,9 @@ Evaluation: the loop evaluates ``make_predict_fn``, the mean of the members' eva
 probabilities. ``member_predict_fn(model, i)`` predicts with member i alone, and
 ``evaluate_members(run, val_source)`` evaluates every member and the average.
 
-Limitation: ``train.build_run`` loads ``config.model.pretrained_path`` into unstacked
-parameters, so a pretrained backbone cannot be loaded into the members yet;
-``check_no_pretrained`` rejects the setting on the host with that explanation.
+Pretrained weights (``config.model.pretrained_path``): ``with_pretrained_backbone`` gives
+every member the same backbone, as CPS's two nets both start from ImageNet weights, while
+the heads keep their own initialisations.
 """
 
 from __future__ import annotations
@@ -43,18 +43,15 @@ from jaxsemiseg.methods import common
 from jaxsemiseg.state import TrainState
 
 
-def check_no_pretrained(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError if ``config.model.pretrained_path`` is set for a co-training method.
+def with_pretrained_backbone(state: TrainState, path: str, *,
+                             tx: optax.GradientTransformation) -> TrainState:
+  """Every member's backbone from ``path``; heads and optimizer states stay per member.
 
-  Raises:
-    ValueError: naming the path and why it cannot be used.
+  A co-training method's ``with_pretrained_backbone`` (the loop calls it when
+  ``config.model.pretrained_path`` is set); ``common.with_pretrained_backbone`` with
+  ``stacked=True``.
   """
-  if config.model.pretrained_path:
-    raise ValueError(
-        f"config.model.pretrained_path={config.model.pretrained_path!r} with "
-        f"config.method={config.method!r}: co-training keeps its members stacked on a "
-        "leading axis, and the loop loads a backbone into one model's parameters only. "
-        "Leave pretrained_path empty (random init) for now.")
+  return common.with_pretrained_backbone(state, path, tx=tx, stacked=True)
 
 
 def init_members(rng: jax.Array, model, tx: optax.GradientTransformation,

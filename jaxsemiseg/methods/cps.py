@@ -73,7 +73,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"config.cps.box_area_range={tuple(settings.box_area_range)}; expected (low, high) "
         "with 0 <= low <= high <= 1 (proportions of the image area).")
-  cotraining.check_no_pretrained(config)
 
 
 def init_state(rng: jax.Array, model, tx: optax.GradientTransformation,
@@ -82,6 +81,10 @@ def init_state(rng: jax.Array, model, tx: optax.GradientTransformation,
   del config
   return cotraining.init_members(rng, model, tx, sample_batch["image"],
                                  num_members=NUM_MEMBERS)
+
+
+# Every member's backbone from config.model.pretrained_path; the heads keep their own inits.
+with_pretrained_backbone = cotraining.with_pretrained_backbone
 
 
 def box_masks(key: jax.Array, batch_size: int, size: tuple[int, int], *,

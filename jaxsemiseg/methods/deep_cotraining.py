@@ -102,7 +102,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.deep_cotraining.vat_xi={settings.vat_xi}; expected > 0.")
   self_training.check_unit_interval("config.deep_cotraining.labeled_adversarial_p",
                                     settings.labeled_adversarial_p)
-  cotraining.check_no_pretrained(config)
 
 
 def init_state(rng: jax.Array, model, tx: optax.GradientTransformation,
@@ -110,6 +109,10 @@ def init_state(rng: jax.Array, model, tx: optax.GradientTransformation,
   """``num_members`` differently initialised nets, stacked (``cotraining.init_members``)."""
   return cotraining.init_members(rng, model, tx, sample_batch["image"],
                                  num_members=config.deep_cotraining.num_members)
+
+
+# Every member's backbone from config.model.pretrained_path; the heads keep their own inits.
+with_pretrained_backbone = cotraining.with_pretrained_backbone
 
 
 def labeled_subsets(key: jax.Array, batch_size: int, num_members: int) -> jax.Array:

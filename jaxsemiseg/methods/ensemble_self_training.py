@@ -35,9 +35,9 @@ the fixed per-member subsets of bagging, which would need example ids in the bat
 Lakshminarayanan et al. found bagging hurts deep ensembles, hence off by default.
 
 Evaluation and prediction average the members' probabilities (``make_predict_fn``);
-``cotraining.evaluate_members`` evaluates each member and the average. As for co-training,
-``config.model.pretrained_path`` cannot be loaded into stacked members yet (rejected by
-``check_config``).
+``cotraining.evaluate_members`` evaluates each member and the average. With
+``config.model.pretrained_path`` every member starts from the same backbone and differs in
+its head's initialisation (``cotraining.with_pretrained_backbone``).
 """
 
 from __future__ import annotations
@@ -89,7 +89,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming a ``config.ensemble_self_training`` value out of range."""
-  cotraining.check_no_pretrained(config)
   settings = config.ensemble_self_training
   if settings.num_members < 1:
     raise ValueError(
@@ -112,6 +111,10 @@ def init_state(rng: jax.Array, model, tx: optax.GradientTransformation,
   """``config.ensemble_self_training.num_members`` members (``cotraining.init_members``)."""
   return cotraining.init_members(rng, model, tx, sample_batch["image"],
                                  num_members=config.ensemble_self_training.num_members)
+
+
+# Every member's backbone from config.model.pretrained_path; the heads keep their own inits.
+with_pretrained_backbone = cotraining.with_pretrained_backbone
 
 
 def kept_pixels(samples: jax.Array, *, measure: str, threshold: float) -> jax.Array:

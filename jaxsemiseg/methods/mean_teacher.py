@@ -23,7 +23,9 @@ The references (CuriousAI, U2PL) instead run the teacher in train mode, its buff
 coming from its own forward passes; here the teacher never runs in train mode, so its
 statistics must come from the student. Models without BatchNorm (the UNet) are unaffected.
 
-Evaluation and prediction use the teacher (``make_predict_fn``).
+Evaluation and prediction use the teacher (``make_predict_fn``). With
+``config.model.pretrained_path`` the teacher starts from the same pretrained backbone as
+the student (``with_pretrained_backbone``).
 """
 
 from __future__ import annotations
@@ -83,6 +85,19 @@ def init_state(rng: jax.Array, model, tx: optax.GradientTransformation,
   state = supervised.init_state(rng, model, tx, sample_batch, config)
   return state.replace(
       extras={"teacher": {"params": state.params, "batch_stats": state.batch_stats}})
+
+
+def with_pretrained_backbone(state: TrainState, path: str, *,
+                             tx: optax.GradientTransformation) -> TrainState:
+  """The student's backbone from ``path``, and the teacher restarted as its copy.
+
+  As at initialisation: otherwise the EMA, which keeps 1 / (s + 1) of the initial teacher
+  after s updates, would average the random backbone into the teacher for hundreds of
+  steps.
+  """
+  state = common.with_pretrained_backbone(state, path, tx=tx)
+  return state.replace(extras={
+      **state.extras, "teacher": {"params": state.params, "batch_stats": state.batch_stats}})
 
 
 def _teacher_probs(model, teacher: dict, images: jax.Array) -> jax.Array:

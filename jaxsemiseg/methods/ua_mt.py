@@ -115,6 +115,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 # The state is Mean Teacher's: the student plus a teacher that starts as its copy.
 init_state = mean_teacher.init_state
+with_pretrained_backbone = mean_teacher.with_pretrained_backbone
 
 
 def teacher_samples(key: jax.Array, model, teacher: dict, images: jax.Array, *,

@@ -62,7 +62,8 @@ def save_variables_npz(variables: Mapping[str, Any], path: str | os.PathLike) ->
 
 
 def load_pretrained_backbone(variables: Mapping[str, Any], path: str | os.PathLike, *,
-                             prefix: str = "backbone") -> dict[str, Any]:
+                             prefix: str = "backbone",
+                             stacked: bool = False) -> dict[str, Any]:
   """Returns ``variables`` with the ``prefix`` submodule's arrays replaced from ``path``.
 
   Every variable of the model under ``<collection>/<prefix>/`` (in every collection:
@@ -70,12 +71,18 @@ def load_pretrained_backbone(variables: Mapping[str, Any], path: str | os.PathLi
   are ignored, so a file saved from a whole model can seed the backbone of another. Arrays
   are cast to the dtype of the variable they replace.
 
+  With ``stacked``, ``variables`` are N models stacked on a leading member axis
+  (co-training and ensembles, ``cotraining.init_members``), and every member's backbone
+  gets the file's arrays, as CPS's two nets both start from the same ImageNet weights;
+  what lies outside the prefix (the heads) keeps each member's own initialisation.
+
   Args:
     variables: the model's variables (e.g. from ``model.init``).
     path: an ``.npz`` file as written by ``save_variables_npz`` or
       ``torchvision_resnet_to_flax``.
     prefix: the '/'-joined path of the submodule to load, below the collection name
       (``"backbone"`` for DeepLabV3Plus); ``""`` loads the whole model.
+    stacked: whether every variable has a leading member axis that the file lacks.
 
   Returns:
     A new variables dict; ``variables`` is not modified.
@@ -104,17 +111,19 @@ def load_pretrained_backbone(variables: Mapping[str, Any], path: str | os.PathLi
         f"{unknown[0]!r} (shape {loaded[unknown[0]].shape}); check the backbone depth and "
         "the prefix.")
   for key, array in loaded.items():
-    if array.shape != flat[key].shape:
+    model_shape = tuple(flat[key].shape[1:] if stacked else flat[key].shape)
+    if array.shape != model_shape:
+      member = " per member" if stacked else ""
       raise ValueError(
-          f"Shape mismatch for {key!r}: the file has {array.shape}, the model "
-          f"{tuple(flat[key].shape)}; check the backbone depth and the conversion.")
+          f"Shape mismatch for {key!r}: the file has {array.shape}, the model{member} "
+          f"{model_shape}; check the backbone depth and the conversion.")
   missing = sorted(key for key in flat if _under_prefix(key, prefix) and key not in loaded)
   if missing:
     raise ValueError(
         f"{os.fspath(path)!r} lacks {len(missing)} of the model's variables under prefix "
         f"{prefix!r}, e.g. {missing[0]!r} (shape {tuple(flat[missing[0]].shape)}).")
   for key, array in loaded.items():
-    flat[key] = jnp.asarray(array, dtype=flat[key].dtype)
+    flat[key] = jnp.broadcast_to(jnp.asarray(array, dtype=flat[key].dtype), flat[key].shape)
   return traverse_util.unflatten_dict(flat, sep="/")
 
 

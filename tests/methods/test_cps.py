@@ -194,7 +194,6 @@ def test_check_config_names_bad_values():
       ("cps.cps_weight", -1.0, r"config\.cps\.cps_weight=-1\.0"),
       ("cps.num_boxes", 0, r"config\.cps\.num_boxes=0"),
       ("cps.box_area_range", (0.5, 0.25), r"config\.cps\.box_area_range=\(0\.5, 0\.25\)"),
-      ("model.pretrained_path", "/w.npz", r"pretrained_path='/w\.npz'.*stacked"),
   ]:
     bad = config_lib.base_config("cps")
     bad.update_from_flattened_dict({key: value})

@@ -164,7 +164,6 @@ def test_check_config_names_bad_values():
       ("deep_cotraining.cot_weight", -1.0, r"cot_weight=-1\.0"),
       ("deep_cotraining.vat_xi", 0.0, r"vat_xi=0\.0; expected > 0"),
       ("deep_cotraining.labeled_adversarial_p", 1.5, r"labeled_adversarial_p=1\.5"),
-      ("model.pretrained_path", "/w.npz", r"pretrained_path='/w\.npz'"),
   ]:
     bad = config_lib.base_config("deep_cotraining")
     bad.update_from_flattened_dict({key: value})

@@ -175,10 +175,3 @@ def test_config_values_out_of_range_are_rejected(field, value, message):
   config.ensemble_self_training[field] = value
   with pytest.raises(ValueError, match=rf"config\.ensemble_self_training\.{message}"):
     config_lib.validate_config(config)
-
-
-def test_a_pretrained_backbone_is_rejected():
-  config = _config()
-  config.model.pretrained_path = "/data/resnet50.npz"
-  with pytest.raises(ValueError, match=r"pretrained_path='/data/resnet50\.npz'"):
-    config_lib.validate_config(config)

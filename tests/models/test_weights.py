@@ -65,6 +65,32 @@ def test_backbone_moves_to_a_model_with_another_head(tmp_path, random_variables)
   assert loaded["params"]["classifier"]["kernel"].shape == (1, 1, 8, 2)
 
 
+def test_stacked_members_each_get_the_file(tmp_path, unet_variables):
+  source, target = unet_variables
+  path = tmp_path / "unet.npz"
+  weights.save_variables_npz(source, path)
+  members = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf + 1.0]), target)
+  loaded = weights.load_pretrained_backbone(members, path, prefix="down_0", stacked=True)
+  for key, value in _flat(loaded).items():
+    assert value.shape == _flat(members)[key].shape
+    if key.startswith("params/down_0/"):
+      for member in range(2):
+        np.testing.assert_array_equal(value[member], _flat(source)[key])
+    else:
+      np.testing.assert_array_equal(value, _flat(members)[key])
+
+
+def test_stacked_shape_mismatch_names_the_member_shape(tmp_path, unet_variables,
+                                                       random_variables):
+  wider = random_variables(unet.UNet(2, width=8, depth=1), jnp.zeros((1, 4, 4, 3)),
+                           train=False, seed=3)
+  path = tmp_path / "wider.npz"
+  weights.save_variables_npz(wider, path)
+  members = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), unet_variables[0])
+  with pytest.raises(ValueError, match=r"the file has \(8,\), the model per member \(4,\)"):
+    weights.load_pretrained_backbone(members, path, prefix="down_0", stacked=True)
+
+
 def test_missing_file_says_how_to_make_one(tmp_path, unet_variables):
   with pytest.raises(FileNotFoundError, match="torchvision_resnet_to_flax"):
     weights.load_pretrained_backbone(unet_variables[0], tmp_path / "absent.npz")
