@@ -19,7 +19,9 @@ pool, then the whole pool). The unlabeled pool is the rest of the 10582 ``train_
 images.
 
 Differences from the reference that the config cannot remove: each round labels with its
-final model, not its best one on the validation set; the ASPP projection has no
+final model, not its best one on the validation set; a student's 16 images per step are
+always 8 labeled and 8 pseudo-labeled, where the reference draws them from one shuffled
+list of both (the same half-and-half on average, by the epoch above); the ASPP projection has no
 Dropout2d(0.5); the weak view rescales each image's own long side (by 0.4-1.6, which is
 the reference's 400 x U(0.5, 2) for the usual 500-pixel VOC long side, where the
 reference uses a fixed base of 400); evaluation and labeling pad images to 512x512.

@@ -224,7 +224,8 @@ def _shared_config() -> ml_collections.ConfigDict:
       pretrained_path="",
       # "UNet-S", the twin of shared/bench/torch_unet_step.py.
       unet=dict(width=16, depth=3, groups=4, dropout_rate=0.0),
-      # DeepLabV3+ as in UniMatch (dropout 0.1 before the classifier).
+      # DeepLabV3+ (UniMatch's has no dropout before the classifier, voc_config sets 0;
+      # voc_st_plus_plus.py keeps ST++'s 0.1).
       deeplabv3plus=dict(backbone="resnet50", output_stride=16, aspp_channels=256,
                          low_level_channels=48, decoder_channels=256, dropout_rate=0.1),
   ))

@@ -51,7 +51,7 @@ def make_optimizer(config: ml_collections.ConfigDict, *,
   """Builds the optimizer of ``config.optimizer`` for a run of ``num_steps`` updates.
 
   Parameters outside the model's ``backbone`` subtree train at ``head_lr_multiplier`` times
-  the base rate (UniMatch/CPS use 10 with a pretrained backbone). Models without a
+  the base rate (UniMatch and CCT use 10 with a pretrained backbone, CPS 1). Models without a
   ``backbone`` subtree train entirely at the head rate, so keep the multiplier at 1 there.
 
   Returns:

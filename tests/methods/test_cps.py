@@ -211,11 +211,11 @@ def test_configs_validate_and_voc_follows_torchsemiseg():
     assert config.method == name
   voc = tiny_data.load_config("voc_cps")
   config_lib.validate_config(voc)
-  assert (voc.dataset.num_labeled, voc.dataset.crop_size) == (1322, 512)
-  assert voc.model.deeplabv3plus.backbone == "resnet101"
+  assert (voc.dataset.num_labeled, voc.dataset.crop_size) == (1323, 512)
+  assert voc.model.deeplabv3plus.backbone == "resnet50"
   assert (voc.optimizer.learning_rate, voc.batch_size, voc.cps.cps_weight) == (0.005, 16, 1.0)
-  # 34 epochs of max(1322, 9260) images in batches of 16.
-  assert voc.num_steps == 34 * (9260 // 16)
+  # 34 epochs of max(1323, 9259) images in batches of 16.
+  assert voc.num_steps == 34 * (9259 // 16)
   assert tiny_data.load_config("voc_cps", "662").num_steps == 34 * (9920 // 16)
   with pytest.raises(ValueError, match="voc_cps.py:0"):
     tiny_data.load_config("voc_cps", "0")
