@@ -82,17 +82,33 @@ def test_cutmix_batch_with_second_batch_and_with_random_permutation():
                         second=(images, None), permutation=jnp.arange(5))
 
 
-def _expected_unimatch_area(size, area_range, ratio_range, grid=400):
-  """E[floor(sqrt(a r)) floor(sqrt(a / r))] / S^2 by the midpoint rule over (a, r)."""
-  fraction = area_range[0] + (np.arange(grid) + 0.5) / grid * np.diff(area_range)
-  ratio = ratio_range[0] + (np.arange(grid) + 0.5) / grid * np.diff(ratio_range)
-  area, ratio = np.meshgrid(fraction * size * size, ratio)
-  height = np.minimum(np.floor(np.sqrt(area * ratio)), size)
-  width = np.minimum(np.floor(np.sqrt(area / ratio)), size)
-  return (height * width).mean() / size**2
+def _reference_box_sides(size, *, redraw_area, num, seed=0):
+  """Heights and widths from the references' loops, ported to NumPy: UniMatch's
+  ``obtain_cutmix_box`` (area drawn once) and ST++'s ``cutout`` (area redrawn)."""
+  rng = np.random.default_rng(seed)
+  sides = []
+  for _ in range(num):
+    area = rng.uniform(0.02, 0.4) * size * size
+    while True:
+      if redraw_area:
+        area = rng.uniform(0.02, 0.4) * size * size
+      ratio = rng.uniform(0.3, 1 / 0.3)
+      width, height = int(np.sqrt(area / ratio)), int(np.sqrt(area * ratio))
+      left, top = rng.integers(0, size), rng.integers(0, size)
+      if left + width <= size and top + height <= size:
+        break
+    sides.append((height, width))
+  return np.array(sides).T
 
 
-def test_unimatch_box_area_distribution_and_probability():
+def _box_statistics(heights, widths, size):
+  """Mean area fraction, and mean |log aspect| of the boxes over 30% of the image."""
+  fraction = heights * widths / size**2
+  large = fraction > 0.3
+  return fraction.mean(), np.abs(np.log(heights[large] / widths[large])).mean()
+
+
+def test_unimatch_box_probability_and_range():
   size = 64
   masks = _sample_masks(functools.partial(mixing.unimatch_cutmix_box, size=size, p=0.5))
   drawn = masks.any(axis=(1, 2))
@@ -101,10 +117,24 @@ def test_unimatch_box_area_distribution_and_probability():
   fraction = heights * widths / size**2
   assert fraction.max() <= 0.4 and fraction.min() >= 0.01
   assert fraction.max() > 0.35 and fraction.min() < 0.04
-  expected = _expected_unimatch_area(size, (0.02, 0.4), (0.3, 1 / 0.3))
-  assert abs(fraction.mean() - expected) < 0.012, (fraction.mean(), expected)
   aspect = heights / widths
   assert aspect.min() > 0.2 and aspect.max() < 4.5
+
+
+@pytest.mark.parametrize("redraw_area", [False, True])
+def test_box_distribution_matches_the_reference_loop(redraw_area):
+  # Area drawn once (UniMatch): mean area ~0.20, large boxes near-square (~0.44);
+  # redrawn (ST++): ~0.14. Placing any box among the fitting positions, its sides cut
+  # to the image, gives ~0.20 and ~0.67 either way.
+  size = 64
+  sampler = functools.partial(mixing.unimatch_cutmix_box, size=size, p=1.0,
+                              redraw_area=redraw_area)
+  heights, widths = _box_sides(_sample_masks(sampler, num=4000))
+  area, aspect = _box_statistics(heights, widths, size)
+  expected_area, expected_aspect = _box_statistics(
+      *_reference_box_sides(size, redraw_area=redraw_area, num=10000), size)
+  assert abs(area - expected_area) < 0.01, (area, expected_area)
+  assert abs(aspect - expected_aspect) < 0.05, (aspect, expected_aspect)
 
 
 def test_french_single_box_area_matches_range_and_boxes_toggle():
