@@ -30,8 +30,9 @@ Deviations from the reference:
 - The reference back-propagates and steps the supervised, co-training and adversarial
   terms as three separate optimizer updates per iteration; this step fuses them into one
   loss and one update per member.
-- ``p_i(x)``, the target of the view-difference KL, carries no gradient (the reference
-  also trains net i through it); the term trains net j to resist net i's examples.
+- ``p_i(x)``, the target of the view-difference KL, carries no gradient, as in later
+  versions of the reference's ``cotraining.py`` (``real_pred.detach()``; earlier ones
+  also train net i through it); the term trains net j to resist net i's examples.
 - The labeled images and ``image_u`` of the batch serve all three terms, where the
   reference draws separate batches for the adversarial term.
 - The nets see the labeled and unlabeled images in one train-mode call (BatchNorm
