@@ -21,8 +21,12 @@ conv plus three ICNR-initialised PixelShuffle x2 stages; here the encoder is Dee
 (ResNet-50, output stride 8, ASPP, the stride-4 decoder) and every decoder is its 1x1
 classifier with bilinear upsampling. CCT rescales the long side to U(200, 800) px
 (base 400); VOC images are about 500 px long, so the scale range here is (0.4, 1.6) of
-each image's own long side. Evaluation pads each image to 512x512 (padding is ignored by
-the metric) instead of CCT's one reflect-padded image at a time.
+each image's own long side. Evaluation pads each image to 512x512 instead of CCT's one reflect-padded image at a
+time: the padding is not scored, but it changes the predictions on real pixels (the ASPP's
+image-level pooling averages over it, and the borders see black instead of zero padding);
+evaluate the final checkpoint as the reference does, one unpadded image at a time, with
+``--mode=eval --config.eval_pad_to=0 --config.eval_batch_size=1`` (one compilation per
+image size).
 """
 
 from jaxsemiseg.config import voc_config, voc_epoch_schedule, voc_num_labeled

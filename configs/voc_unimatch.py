@@ -18,7 +18,11 @@ pool is the rest of the 10582 ``train_aug`` images either way.
 Differences from the reference that the config cannot remove: the backbone is torchvision's
 ResNet-101 (UniMatch uses ResNet-v1c, a three-conv stem, with its own ImageNet weights;
 convert torchvision's with ``jaxsemiseg.models.weights``), and evaluation pads each image to
-512x512 instead of running one image at a time (padding is ignored by the metric).
+512x512 instead of running one image at a time: the padding is not scored, but it changes the predictions on real pixels (the ASPP's
+image-level pooling averages over it, and the borders see black instead of zero padding);
+evaluate the final checkpoint as the reference does, one unpadded image at a time, with
+``--mode=eval --config.eval_pad_to=0 --config.eval_batch_size=1`` (one compilation per
+image size).
 """
 
 from jaxsemiseg.config import unimatch_voc_config
