@@ -10,7 +10,13 @@ the backbone (CCT's backbone x0.1), poly decay 0.9, batch 10 labeled + 10 unlabe
 
   python -m jaxsemiseg.main --config=configs/voc_cct.py:1464 --workdir=/tmp/voc_cct \
       --config.dataset.root=/data/VOCdevkit/VOC2012 \
-      --config.model.pretrained_path=/data/resnet50_imagenet.npz
+      --config.model.pretrained_path=/data/resnet50_imagenet.npz \
+      --config.dataset.split_file=/data/VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt
+
+The ``split_file`` makes the 1464 labeled images VOC's finely annotated ``train`` set, as
+in the paper (the other sizes: CCT's ``dataloaders/voc_splits/<n>_train_supervised.txt``);
+without it they are drawn at random from all of ``train_aug``. The unlabeled pool is the
+rest of the 10582 ``train_aug`` images either way.
 
 The batch of 10 divides over 1, 2, 5 or 10 devices; on 4 or 8 use
 ``--config.batch_size=8 --config.unlabeled_batch_size=8``.
