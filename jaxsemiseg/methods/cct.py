@@ -27,7 +27,10 @@ checkpoint conversion and prediction expect. Evaluation uses the main decoder al
 
 Differences from the reference:
   - The auxiliary heads run without the model's dropout (``train=False``): CCT's decoders
-    have none, the perturbation is their noise.
+    have none, the perturbation is their noise. The main prediction, the heads' target,
+    comes from the train-mode pass, so with a classifier dropout (DeepLabV3+'s
+    ``dropout_rate``, 0 in ``configs/voc_cct.py`` and absent from UNet-S) the target is
+    a dropout-perturbed prediction too.
   - Crop padding (``valid_u``) is excluded from the MSE and counts as background for the
     guided perturbations; the reference averages over every pixel.
   - Guided cutout cuts one box per predicted class rather than per connected component
