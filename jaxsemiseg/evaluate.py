@@ -3,6 +3,9 @@
 The confusion matrix is accumulated inside jit over global (sharded) batches, so the
 sum over devices and hosts is part of the computation and every process ends with the
 same numbers (UniMatch's all-reduced intersection/union, not a mean of per-image IoUs).
+The expected calibration error's bins (15, ``metrics.expected_calibration_error``) are
+summed the same way, so every evaluation also reports the ECE of the probabilities it
+scored.
 """
 
 from __future__ import annotations
@@ -54,16 +57,20 @@ def make_probs_fn(predict_fn: Callable, *, num_classes: int, mode: str = "whole"
 
 def make_eval_step(predict_fn: Callable, *, num_classes: int, mode: str = "whole",
                    window: int = 0) -> Callable:
-  """``eval_step(state, batch) -> int32 [C, C]`` confusion matrix of one batch.
+  """``eval_step(state, batch) -> {"confusion", "calibration"}`` sums of one batch.
 
-  Arguments as :func:`make_probs_fn`.
+  ``confusion`` is the int32 ``[C, C]`` confusion matrix, ``calibration`` the ECE bins of
+  ``metrics.expected_calibration_error``. Arguments as :func:`make_probs_fn`.
   """
   probs_fn = make_probs_fn(predict_fn, num_classes=num_classes, mode=mode, window=window)
 
   def eval_step(state, batch):
-    return metrics.confusion_matrix(
-        jnp.argmax(probs_fn(state, batch["image"]), axis=-1), batch["label"],
-        num_classes=num_classes)
+    probs = probs_fn(state, batch["image"])
+    return {
+        "confusion": metrics.confusion_matrix(jnp.argmax(probs, axis=-1), batch["label"],
+                                              num_classes=num_classes),
+        "calibration": metrics.expected_calibration_error(probs, batch["label"]),
+    }
 
   return eval_step
 
@@ -74,22 +81,27 @@ def evaluate(eval_step: Callable, state, batches: Iterable[dict], mesh: Mesh, *,
 
   Returns:
     :func:`jaxsemiseg.metrics.segmentation_metrics` of the summed confusion matrix, plus
-    ``"confusion"`` (numpy int64 [C, C]).
+    ``"confusion"`` (numpy int64 [C, C]), ``"ece"`` and ``"calibration"`` (the summed ECE
+    bins, for ``uncertainty.reliability_diagram``).
   """
   total, pending = None, None
   for batch in tqdm(batches, total=num_batches, desc="eval", leave=False, disable=not progress):
-    confusion = eval_step(state, parallel.to_global_batch(batch, mesh))
-    # Summed on the host in int64 (a large set overflows int32 pixel counts); fetching the
-    # previous batch's matrix keeps the device one batch ahead.
+    sums = eval_step(state, parallel.to_global_batch(batch, mesh))
+    # Summed on the host in 64 bits (a large set overflows int32 pixel counts); fetching
+    # the previous batch's sums keeps the device one batch ahead.
     if pending is not None:
       total = _add(total, pending)
-    pending = confusion
+    pending = sums
   if pending is None:
     raise ValueError("The validation set is empty; check config.dataset.val_split.")
   total = _add(total, pending)
-  return {**metrics.segmentation_metrics(total), "confusion": total}
+  return {**metrics.segmentation_metrics(total["confusion"]), "confusion": total["confusion"],
+          "ece": metrics.ece_from_bins(total["calibration"]),
+          "calibration": total["calibration"]}
 
 
-def _add(total: np.ndarray | None, confusion: jax.Array) -> np.ndarray:
-  confusion = np.asarray(jax.device_get(confusion), dtype=np.int64)
-  return confusion if total is None else total + confusion
+def _add(total: dict | None, sums: dict) -> dict:
+  sums = jax.tree.map(
+      lambda x: np.asarray(x, np.int64 if np.issubdtype(x.dtype, np.integer) else np.float64),
+      jax.device_get(sums))
+  return sums if total is None else jax.tree.map(np.add, total, sums)

@@ -47,12 +47,21 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, *,
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                         step: int | None = None) -> dict:
-  """Evaluates a saved checkpoint on the validation split of ``config.dataset``."""
+  """Evaluates a saved checkpoint on the validation split of ``config.dataset``.
+
+  Besides the metrics of ``train.run_evaluation`` (mIoU, per-class IoU, ECE, ...), writes
+  the reliability diagram of the validation pixels to
+  ``<workdir>/reliability_step<N>.png``, whose path is ``results["reliability_diagram"]``.
+  """
   run, restored_step = restore_run(config, workdir, step=step)
   val = data_lib.load_source(config.dataset, config.dataset.val_split)
   results = train.run_evaluation(run, train.make_eval_step(run), val,
                                  progress=config.progress_bar)
-  return {"step": restored_step, **results}
+  diagram = os.path.join(workdir, f"reliability_step{restored_step}.png")
+  if jax.process_index() == 0:
+    uncertainty.reliability_diagram(results["calibration"], diagram,
+                                    title=f"{config.method}, step {restored_step}")
+  return {"step": restored_step, **results, "reliability_diagram": diagram}
 
 
 def predict_folder(config: ml_collections.ConfigDict, workdir: str) -> list[str]:

@@ -53,7 +53,9 @@ def main(argv):
     # Offline self-training's model is its last round's; eval and predict use that run.
     config, workdir = self_training_rounds.final_round(config, workdir)
   if _MODE.value == "eval":
-    _report(inference.evaluate_checkpoint(config, workdir, step=_STEP.value))
+    results = inference.evaluate_checkpoint(config, workdir, step=_STEP.value)
+    _report(results)
+    print(f"Reliability diagram: {results['reliability_diagram']}")
   else:
     paths = inference.predict_folder(config, workdir)
     print(f"Wrote {len(paths)} masks to {paths[0].rsplit('/', 1)[0]}")

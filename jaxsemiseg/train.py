@@ -101,7 +101,7 @@ def predict_fn_for(run: Run) -> Any:
 
 
 def make_eval_step(run: Run) -> Any:
-  """The jitted confusion-matrix step for ``run``."""
+  """The jitted evaluation step for ``run`` (confusion matrix and ECE bins)."""
   step = evaluate_lib.make_eval_step(
       predict_fn_for(run), num_classes=run.num_classes, mode=run.config.eval_mode,
       window=run.config.dataset.crop_size)
@@ -176,7 +176,8 @@ def _summarise(window: list[dict]) -> dict[str, float]:
 
 
 def _eval_scalars(results: dict, class_names) -> dict[str, float]:
-  scalars = {f"val/{k}": v for k, v in results.items() if np.ndim(v) == 0}
+  scalars = {f"val/{k}": v for k, v in results.items()
+             if not isinstance(v, dict) and np.ndim(v) == 0}
   scalars.update({f"val/iou/{name}": iou for name, iou in zip(class_names, results["iou"])})
   return scalars
 
@@ -313,5 +314,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _jsonable(tree: dict) -> dict:
-  return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v)
+  return {k: _jsonable(v) if isinstance(v, dict) else
+          np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v
           for k, v in tree.items()}

@@ -56,9 +56,15 @@ def test_end_to_end_writes_everything(dataset_root, tmp_path):
   assert results["step"] == 3
   assert 0.0 <= results["miou"] <= 1.0
   assert results["confusion"].sum() == 6 * tiny_data.SIZE ** 2
+  assert results["calibration"]["count"].sum() == 6 * tiny_data.SIZE ** 2
+  assert 0.0 <= results["ece"] <= 1.0
   for name in ("metrics.jsonl", "labeled_ids.txt", "final_metrics.json", "run_info.json",
                "tensorboard"):
     assert os.path.exists(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    assert json.load(f)["ece"] == pytest.approx(results["ece"])
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert any("val/ece" in json.loads(line) for line in f)
   assert len(splits.read_split_file(os.path.join(workdir, "labeled_ids.txt"))) == 8
   assert set(_train_losses(workdir)) == {1, 2, 3}
 
@@ -166,6 +172,15 @@ def test_eval_and_predict_modes(dataset_root, tmp_path):
   evaluated = inference.evaluate_checkpoint(config, workdir)
   assert evaluated["step"] == 3
   np.testing.assert_allclose(evaluated["miou"], final["miou"], rtol=1e-6)
+  np.testing.assert_allclose(evaluated["ece"], final["ece"], rtol=1e-5)
+  assert evaluated["reliability_diagram"] == os.path.join(workdir, "reliability_step3.png")
+  assert Image.open(evaluated["reliability_diagram"]).format == "PNG"
+  # The ECE bins are sums over batches: one batch of all six images gives the same.
+  config.eval_batch_size = 8
+  one_batch = inference.evaluate_checkpoint(config, workdir)
+  for key in ("count", "accuracy_sum", "confidence_sum"):
+    np.testing.assert_allclose(one_batch["calibration"][key], evaluated["calibration"][key],
+                               rtol=1e-5)
 
   config.predict.input_dir = os.path.join(dataset_root, "val", "images")
   config.predict.output_dir = str(tmp_path / "masks")
