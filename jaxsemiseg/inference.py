@@ -52,11 +52,20 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   Besides the metrics of ``train.run_evaluation`` (mIoU, per-class IoU, ECE, ...), writes
   the reliability diagram of the validation pixels to
   ``<workdir>/reliability_step<N>.png``, whose path is ``results["reliability_diagram"]``.
+  For a method with members (its module's ``evaluate_members``: co-training, ensembles)
+  the metrics are those of the members' average, and ``results["member_miou"]`` maps
+  ``member_<i>`` to each member's own mIoU (CPS's reference reports its first net).
   """
   run, restored_step = restore_run(config, workdir, step=step)
   val = data_lib.load_source(config.dataset, config.dataset.val_split)
-  results = train.run_evaluation(run, train.make_eval_step(run), val,
-                                 progress=config.progress_bar)
+  evaluate_members = getattr(run.method, "evaluate_members", None)
+  if evaluate_members is None:
+    results = train.run_evaluation(run, train.make_eval_step(run), val,
+                                   progress=config.progress_bar)
+  else:
+    per_member = evaluate_members(run, val)
+    results = {**per_member.pop("average"),
+               "member_miou": {name: scores["miou"] for name, scores in per_member.items()}}
   diagram = os.path.join(workdir, f"reliability_step{restored_step}.png")
   if jax.process_index() == 0:
     uncertainty.reliability_diagram(results["calibration"], diagram,

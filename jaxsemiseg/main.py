@@ -55,6 +55,8 @@ def main(argv):
   if _MODE.value == "eval":
     results = inference.evaluate_checkpoint(config, workdir, step=_STEP.value)
     _report(results)
+    for name, miou in results.get("member_miou", {}).items():
+      print(f"{name} mIoU: {100 * miou:.2f}")
     print(f"Reliability diagram: {results['reliability_diagram']}")
   else:
     paths = inference.predict_folder(config, workdir)

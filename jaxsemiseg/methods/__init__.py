@@ -11,7 +11,9 @@ the method builds its batches itself (``pseudo_label``: a labeled and a pseudo-l
 stream), in place of ``data.pipeline.train_batches`` and with its arguments, and
 ``with_pretrained_backbone(state, path, *, tx)`` when loading
 ``config.model.pretrained_path`` into the initial state takes more than
-``common.with_pretrained_backbone`` (Mean Teacher's teacher, co-training's stacked members).
+``common.with_pretrained_backbone`` (Mean Teacher's teacher, co-training's stacked members),
+and ``evaluate_members(run, val_source)`` for methods whose model is several members
+(``--mode=eval`` then also reports each member's mIoU).
 """
 
 from __future__ import annotations

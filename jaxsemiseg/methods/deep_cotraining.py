@@ -114,6 +114,8 @@ def init_state(rng: jax.Array, model, tx: optax.GradientTransformation,
 
 # Every member's backbone from config.model.pretrained_path; the heads keep their own inits.
 with_pretrained_backbone = cotraining.with_pretrained_backbone
+# --mode=eval scores each member besides their average.
+evaluate_members = cotraining.evaluate_members
 
 
 def labeled_subsets(key: jax.Array, batch_size: int, num_members: int) -> jax.Array:

@@ -115,6 +115,8 @@ def init_state(rng: jax.Array, model, tx: optax.GradientTransformation,
 
 # Every member's backbone from config.model.pretrained_path; the heads keep their own inits.
 with_pretrained_backbone = cotraining.with_pretrained_backbone
+# --mode=eval scores each member besides their average.
+evaluate_members = cotraining.evaluate_members
 
 
 def kept_pixels(samples: jax.Array, *, measure: str, threshold: float) -> jax.Array:

@@ -12,7 +12,7 @@ import pytest
 
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
-from jaxsemiseg import evaluate, losses, parallel, train
+from jaxsemiseg import evaluate, inference, losses, parallel, train
 from jaxsemiseg.augment import mixing
 from jaxsemiseg.methods import common, cotraining, cps
 
@@ -185,6 +185,22 @@ def test_evaluate_members_scores_each_net_and_the_average(tmp_path):
   for scores in results.values():
     assert 0.0 <= scores["miou"] <= 1.0
   assert results["member_0"]["iou"].tolist() != results["member_1"]["iou"].tolist()
+
+
+def test_eval_mode_reports_each_net_and_the_average(tmp_path):
+  root = tiny_data.write_dataset(str(tmp_path))
+  config = tiny_data.tiny_config(root, **{"model.unet.depth": 1})
+  config.method = "cps"
+  config.cps = config_lib.base_config("cps").cps
+  workdir = str(tmp_path / "run")
+  final = train.train_and_evaluate(config, workdir)
+  evaluated = inference.evaluate_checkpoint(config, workdir)
+  np.testing.assert_allclose(evaluated["miou"], final["miou"], rtol=1e-6)
+  assert set(evaluated["member_miou"]) == {"member_0", "member_1"}
+  run, _ = inference.restore_run(config, workdir)
+  alone = cotraining.evaluate_members(run, data_lib.load_source(config.dataset, "val"))
+  for name in ("member_0", "member_1"):
+    assert evaluated["member_miou"][name] == pytest.approx(alone[name]["miou"])
 
 
 def test_check_config_names_bad_values():
