@@ -150,11 +150,16 @@ def _normalize_per_example(d: jax.Array) -> jax.Array:
   return d / jnp.sqrt(1e-6 + jnp.sum(d**2, axis=example_axes, keepdims=True))
 
 
-def _mean_kl(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
-  """``KL(softmax(p) || softmax(q))`` over the last axis, averaged over the rest."""
+def _mean_kl(p_logits: jax.Array, q_logits: jax.Array,
+             mask: jax.Array | None = None) -> jax.Array:
+  """``KL(softmax(p) || softmax(q))`` over the last axis, averaged over the rest (over the
+  ``mask`` entries when given)."""
   p_log = jax.nn.log_softmax(p_logits.astype(jnp.float32), axis=-1)
   q_log = jax.nn.log_softmax(q_logits.astype(jnp.float32), axis=-1)
-  return jnp.mean(jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1))
+  kl = jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1)
+  if mask is None:
+    return jnp.mean(kl)
+  return jnp.sum(jnp.where(mask, kl, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def vat(logits_fn: LogitsFn, *, xi: float = 1e-6, epsilon: float,
@@ -186,8 +191,11 @@ def vat(logits_fn: LogitsFn, *, xi: float = 1e-6, epsilon: float,
     num_power_iterations: power-iteration steps (static, >= 1).
 
   Returns:
-    ``perturb(params, x, key, clean_logits=None) -> r_adv``, the stop-gradient'ed
-    perturbation of ``x``'s shape; pass ``clean_logits`` to reuse a forward pass.
+    ``perturb(params, x, key, clean_logits=None, mask=None) -> r_adv``, the
+    stop-gradient'ed perturbation of ``x``'s shape; pass ``clean_logits`` to reuse a
+    forward pass. ``mask``, bool ``[B, H, W]`` for images ``[B, H, W, C]`` (e.g. a crop's
+    real pixels, without its padding), confines both the KL and the perturbation to the
+    masked pixels, so the whole epsilon goes where predictions are scored.
 
   Raises:
     ValueError: on a non-positive ``xi``, a negative ``epsilon`` or a bad
@@ -198,17 +206,19 @@ def vat(logits_fn: LogitsFn, *, xi: float = 1e-6, epsilon: float,
   _check_count("num_power_iterations", num_power_iterations, minimum=1)
 
   def perturb(params: Params, x: jax.Array, key: jax.Array,
-              clean_logits: jax.Array | None = None) -> jax.Array:
+              clean_logits: jax.Array | None = None,
+              mask: jax.Array | None = None) -> jax.Array:
     x = jax.lax.stop_gradient(x)
     if clean_logits is None:
       clean_logits = logits_fn(params, x)
     clean_logits = jax.lax.stop_gradient(clean_logits)
-    divergence = lambda r: _mean_kl(clean_logits, logits_fn(params, x + r))
+    divergence = lambda r: _mean_kl(clean_logits, logits_fn(params, x + r), mask)
+    confine = (lambda d: d) if mask is None else (lambda d: d * mask[..., None])
 
     def power_step(_, d):
-      return jax.grad(divergence)(xi * _normalize_per_example(d))
+      return confine(jax.grad(divergence)(xi * _normalize_per_example(d)))
 
-    d = jax.random.normal(key, x.shape, x.dtype)
+    d = confine(jax.random.normal(key, x.shape, x.dtype))
     for i in range(num_power_iterations):  # Unrolled, as in pgd.
       d = power_step(i, d)
     return jax.lax.stop_gradient(epsilon * _normalize_per_example(d))

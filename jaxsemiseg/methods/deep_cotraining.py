@@ -134,9 +134,9 @@ def make_attacks(model, config: ml_collections.ConfigDict) -> tuple[Callable, Ca
 
   Returns:
     ``(fgsm, vat)``: ``fgsm(variables, images, labels, key) -> images_adv`` (FGSM against
-    the labeled CE) and ``vat(variables, images, key) -> images_adv`` (VAT), both clipped
-    to [0, 1] and carrying no gradient; ``variables`` is a ``(params, batch_stats)`` pair
-    of one net.
+    the labeled CE) and ``vat(variables, images, key, valid) -> images_adv`` (VAT on the
+    ``valid`` pixels, the crop without its padding), both clipped to [0, 1] and carrying
+    no gradient; ``variables`` is a ``(params, batch_stats)`` pair of one net.
   """
   settings = config.deep_cotraining
 
@@ -151,8 +151,9 @@ def make_attacks(model, config: ml_collections.ConfigDict) -> tuple[Callable, Ca
   fgsm = adversarial.fgsm(labeled_loss, epsilon=settings.fgsm_epsilon)
   perturb = adversarial.vat(logits_fn, xi=settings.vat_xi, epsilon=settings.vat_epsilon)
 
-  def vat(variables: tuple[Any, Any], images: jax.Array, key: jax.Array) -> jax.Array:
-    return jnp.clip(images + perturb(variables, images, key), 0.0, 1.0)
+  def vat(variables: tuple[Any, Any], images: jax.Array, key: jax.Array,
+          valid: jax.Array) -> jax.Array:
+    return jnp.clip(images + perturb(variables, images, key, mask=valid), 0.0, 1.0)
 
   return fgsm, vat
 
@@ -202,7 +203,7 @@ def view_difference(model, config: ml_collections.ConfigDict, params: Any, batch
             clean_probs[attacker, :num_labeled], batch["label"] != losses.IGNORE_INDEX)
 
   def unlabeled_view() -> tuple[jax.Array, jax.Array, jax.Array]:
-    return (vat(attacker_variables, batch["image_u"], vat_key),
+    return (vat(attacker_variables, batch["image_u"], vat_key, batch["valid_u"]),
             clean_probs[attacker, num_labeled:], batch["valid_u"])
 
   if isinstance(use_labeled, bool):

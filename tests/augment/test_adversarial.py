@@ -155,6 +155,24 @@ def test_vat_on_segmentation_logits_averages_the_pixel_kl():
                              rtol=1e-5)
 
 
+def test_vat_with_a_mask_spends_epsilon_on_the_masked_pixels_only():
+  params, _, _ = _linear_problem(seed=5)
+  pixels = jax.random.uniform(jax.random.key(0), (2, 3, 3, DIM))
+  mask = jnp.zeros((2, 3, 3), bool).at[0, :2].set(True).at[1, 1:, 1:].set(True)
+  perturb = adversarial.vat(logits_fn, xi=1e-3, epsilon=0.2)
+  masked = np.asarray(perturb(params, pixels, jax.random.key(2), mask=mask))
+  plain = np.asarray(perturb(params, pixels, jax.random.key(2)))
+  assert not masked[~np.asarray(mask)].any()
+  np.testing.assert_allclose(np.linalg.norm(masked.reshape(2, -1), axis=1), 0.2, rtol=1e-4)
+  # Pixels are independent here, so within the mask the direction is the unmasked one's
+  # (up to the finite xi, whose probe differs in scale between the two).
+  for example in range(2):
+    inside = np.asarray(mask[example])
+    ours, theirs = masked[example][inside].ravel(), plain[example][inside].ravel()
+    cosine = ours @ theirs / (np.linalg.norm(ours) * np.linalg.norm(theirs))
+    assert cosine > 0.999, cosine
+
+
 def test_deepfool_on_linear_binary_classifier_lands_at_the_scaled_distance():
   w = jnp.array([0.5, -1.0, 2.0, 0.25, 0.0, -0.75])
   params = {"w": jnp.stack([jnp.zeros(DIM), w]), "b": jnp.array([0.0, -0.3])}

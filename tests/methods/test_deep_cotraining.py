@@ -93,7 +93,8 @@ def test_vat_examples_come_from_the_attacker(setup):
 
   def expected(attacking_net):
     images_adv = jnp.clip(
-        batch["image_u"] + perturb(_net(state, attacking_net), batch["image_u"], vat_key), 0, 1)
+        batch["image_u"] + perturb(_net(state, attacking_net), batch["image_u"], vat_key,
+                                   mask=batch["valid_u"]), 0, 1)
     return losses.kl_divergence(clean_probs[0, BATCH:],
                                 _logits(model, _net(state, 1), images_adv),
                                 mask=batch["valid_u"])[0]
