@@ -3,8 +3,9 @@
 A run's checkpoints live in ``<workdir>/checkpoints/<step>``. Restoring checks the saved
 shapes against the model first (a checkpoint of another model is a clear error, not a
 silent mis-load), and a checkpoint that cannot be read (a crash mid-write, a truncated
-file) is skipped with a warning in favour of the previous one, and deleted (single
-process; with several processes the error is raised, so hosts never resume apart).
+file) is skipped with a warning in favour of the previous one; a resuming run deletes it
+(single process; with several processes the error is raised, so hosts never resume
+apart), evaluation and prediction leave it in place.
 """
 
 from __future__ import annotations
@@ -54,12 +55,16 @@ class Checkpointer:
     """Blocks until pending saves are on disk."""
     self._manager.wait_until_finished()
 
-  def restore(self, abstract_state: Any, *, step: int | None = None) -> tuple[Any, int]:
+  def restore(self, abstract_state: Any, *, step: int | None = None,
+              delete_unreadable: bool = True) -> tuple[Any, int]:
     """Restores into the structure, shapes and shardings of ``abstract_state``.
 
     Args:
       abstract_state: a pytree of ``jax.ShapeDtypeStruct`` (with shardings) or arrays.
       step: the checkpoint to restore; None = the newest readable one.
+      delete_unreadable: delete the newer checkpoints that could not be read once an
+        older one is restored (a resuming run, which will save those steps again); read-
+        only uses (evaluation) keep them.
 
     Returns:
       ``(state, step)``.
@@ -102,12 +107,16 @@ class Checkpointer:
         continue
       # Left in place, an unreadable step would block saving that step again when training
       # gets there, and would count against `keep`.
-      for bad_step in unreadable:
+      for bad_step in unreadable if delete_unreadable else ():
         logging.warning("Deleting unreadable checkpoint %d in %s.", bad_step, self.directory)
         self._manager.delete(bad_step)
+      if unreadable and not delete_unreadable:
+        logging.warning("Using checkpoint %d in %s: the newer %s could not be read.",
+                        candidate, self.directory, unreadable)
       return restored, candidate
     raise RuntimeError(
-        f"No readable checkpoint in {self.directory}:\n  " + "\n  ".join(errors))
+        f"No readable checkpoint in {self.directory}:\n  " + "\n  ".join(errors) +
+        "\nTo start the run over, move that directory away or use a fresh --workdir.")
 
   def _check_shapes(self, step: int, target: Any) -> None:
     saved = self._manager.item_metadata(step)

@@ -314,9 +314,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_tree(config, full_schema(), prefix="config")
   method = methods.get_method(config.method)
   if config.method not in config:
+    config_file = "default" if config.method == "supervised" else config.method
     raise ValueError(
         f"config.method={config.method!r} but config.{config.method} (its hyper-parameters) is "
-        f"missing; build the config with jaxsemiseg.config.base_config({config.method!r}).")
+        f"missing: start from that method's config, --config=configs/{config_file}.py (in "
+        f"code: jaxsemiseg.config.base_config({config.method!r})).")
   if hasattr(method, "check_config"):
     method.check_config(config)
   if config.dataset.name not in DATASET_NAMES:
@@ -354,6 +356,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f"of {UNCERTAINTY_MEASURES}.")
   if config.predict.mc_samples < 1:
     raise ValueError(f"config.predict.mc_samples={config.predict.mc_samples}; expected >= 1.")
+  if not config.optimizer.learning_rate > 0:
+    raise ValueError(f"config.optimizer.learning_rate={config.optimizer.learning_rate}; "
+                     "expected a positive rate.")
+  if config.optimizer.weight_decay < 0:
+    raise ValueError(f"config.optimizer.weight_decay={config.optimizer.weight_decay}; "
+                     "expected >= 0.")
+  if config.dataset.crop_size < 1:
+    raise ValueError(f"config.dataset.crop_size={config.dataset.crop_size}; expected a "
+                     "positive number of pixels.")
   if not 0 < config.dataset.labeled_fraction <= 1:
     raise ValueError(
         f"config.dataset.labeled_fraction={config.dataset.labeled_fraction}; expected (0, 1].")

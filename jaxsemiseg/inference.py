@@ -40,7 +40,7 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, *,
                         mesh=parallel.make_mesh(config.num_devices), load_pretrained=False)
   with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    keep=config.keep_checkpoints) as checkpointer:
-    state, restored_step = checkpointer.restore(run.state, step=step)
+    state, restored_step = checkpointer.restore(run.state, step=step, delete_unreadable=False)
   run.state = state
   return run, restored_step
 

@@ -219,6 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.unlabeled_batch_size, mesh, name="unlabeled_batch_size")
+  parallel.check_batch_size(config.eval_batch_size, mesh, name="eval_batch_size")
 
   if datasets is None:
     datasets = data_lib.load_datasets(config, workdir=workdir)
@@ -234,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if checkpointer.latest_step() is not None:
       state, start_step = checkpointer.restore(state)
       logging.warning("Resumed from checkpoint %d in %s.", start_step, workdir)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resumed_step=start_step)
     stack.callback(writer.close)
     # A method may build its own batches from the sources (pseudo_label: two streams).
     make_batches = getattr(run.method, "train_batches", pipeline.train_batches)

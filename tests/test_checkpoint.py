@@ -45,15 +45,22 @@ def test_shape_mismatch_is_a_clear_error(tmp_path):
       checkpointer.restore(_state(width=5))
 
 
+def _corrupt(directory, step):
+  for path in glob.glob(os.path.join(directory, str(step), "**", "*"), recursive=True):
+    if os.path.isfile(path) and "_METADATA" not in path and "_CHECKPOINT_METADATA" not in path:
+      with open(path, "wb") as f:
+        f.write(b"not a checkpoint")
+
+
 def test_corrupt_latest_falls_back_to_previous(tmp_path):
   with checkpoint_lib.Checkpointer(str(tmp_path), keep=3) as checkpointer:
     checkpointer.save(1, _state(value=1.0))
     checkpointer.save(2, _state(value=2.0))
-  for path in glob.glob(os.path.join(tmp_path, "2", "**", "*"), recursive=True):
-    if os.path.isfile(path) and "_METADATA" not in path and "_CHECKPOINT_METADATA" not in path:
-      with open(path, "wb") as f:
-        f.write(b"not a checkpoint")
+  _corrupt(tmp_path, 2)
   with checkpoint_lib.Checkpointer(str(tmp_path), keep=3) as checkpointer:
+    # Read-only use (evaluation) keeps the unreadable step for the user to inspect.
+    restored, step = checkpointer.restore(_state(), delete_unreadable=False)
+    assert step == 1 and checkpointer.all_steps() == [1, 2]
     restored, step = checkpointer.restore(_state())
     assert step == 1
     np.testing.assert_array_equal(restored.params["dense"]["kernel"], 1.0)
@@ -64,6 +71,15 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path):
     restored, step = checkpointer.restore(_state())
   assert step == 2
   np.testing.assert_array_equal(restored.params["dense"]["kernel"], 5.0)
+
+
+def test_no_readable_checkpoint_says_how_to_start_over(tmp_path):
+  with checkpoint_lib.Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(1, _state())
+  _corrupt(tmp_path, 1)
+  with checkpoint_lib.Checkpointer(str(tmp_path)) as checkpointer:
+    with pytest.raises(RuntimeError, match=r"(?s)step 1: .*fresh --workdir"):
+      checkpointer.restore(_state())
 
 
 def test_missing_checkpoint(tmp_path):

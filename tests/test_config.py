@@ -66,6 +66,9 @@ def test_int_is_accepted_for_float_but_not_bool_for_int():
     ("model.deeplabv3plus.backbone", "resnet34", "backbone='resnet34'"),
     ("model.deeplabv3plus.output_stride", 32, "output_stride=32"),
     ("unlabeled_batch_size", 0, "unlabeled_batch_size=0"),
+    ("optimizer.learning_rate", -0.1, "config.optimizer.learning_rate=-0.1"),
+    ("optimizer.weight_decay", -1e-4, "config.optimizer.weight_decay=-0.0001"),
+    ("dataset.crop_size", 0, "config.dataset.crop_size=0"),
 ])
 def test_bad_values(key, value, match):
   with pytest.raises(ValueError, match=match.replace(".", r"\.").replace("(", r"\(")):
@@ -97,7 +100,7 @@ def test_base_config_holds_the_methods_hyper_parameters():
 def test_missing_method_sub_config_is_named():
   config = config_lib.base_config()
   del config["supervised"]
-  with pytest.raises(ValueError, match=r"config\.supervised .*base_config\('supervised'\)"):
+  with pytest.raises(ValueError, match=r"config\.supervised .*--config=configs/default\.py"):
     config_lib.validate_config(config)
 
 

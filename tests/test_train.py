@@ -124,6 +124,10 @@ def test_resume_continues_like_an_uninterrupted_run(dataset_root, tmp_path, monk
   train.train_and_evaluate(config, resumed)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                _params(config, straight), _params(config, resumed))
+  # Step 4, logged before the crash, is logged again after the resume: once in the file.
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    logged = [json.loads(line)["step"] for line in f if "train/loss" in line]
+  assert logged == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose(_train_losses(resumed)[6], _train_losses(straight)[6], rtol=1e-5)
 
 
@@ -222,6 +226,14 @@ def _fail_before_compiling(monkeypatch):
   def no_compile(*args, **kwargs):
     raise AssertionError("compiled despite bad input")
   monkeypatch.setattr(parallel, "compile_step", no_compile)
+
+
+def test_eval_batch_not_divisible_by_devices_fails_before_compile(dataset_root, tmp_path,
+                                                                  monkeypatch):
+  _fail_before_compiling(monkeypatch)
+  config = tiny_data.tiny_config(dataset_root, eval_batch_size=6)
+  with pytest.raises(ValueError, match=r"config\.eval_batch_size=6 is not divisible by the 4"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_label_outside_classes_fails_before_compile(tmp_path, monkeypatch):
