@@ -205,8 +205,9 @@ def _shared_config() -> ml_collections.ConfigDict:
       # Evaluation batches are padded (image 0, label 255) to this square size; 0 = to the
       # largest image of each batch. Several processes need a fixed size (VOC: 512).
       eval_pad_to=0,
-      # Scan every labeled training mask and every validation mask before training, so a bad
-      # label fails the run before compilation rather than hours into it.
+      # Scan every labeled training mask and every validation mask, and decode every
+      # unlabeled image, before training, so a bad label or an undecodable file fails the
+      # run before compilation rather than hours into it.
       check_labels=True,
   ))
 

@@ -18,6 +18,7 @@ from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
 from jaxsemiseg import evaluate as evaluate_lib
 from jaxsemiseg import parallel, train, uncertainty, visualize
+from jaxsemiseg.data import folder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Inputs are padded to a multiple of this so every encoder level halves evenly.
@@ -83,7 +84,8 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str) -> list[str]
 
   Raises:
     FileNotFoundError: no input directory or no images in it.
-    ValueError: an uncertainty map is asked of a model without dropout.
+    ValueError: an uncertainty map is asked of a model without dropout, or an input file
+      is not an image.
   """
   measure = config.predict.uncertainty
   if measure != "none" and not config.model[config.model.name].dropout_rate > 0:
@@ -97,6 +99,15 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str) -> list[str]
   names = sorted(n for n in os.listdir(input_dir) if n.lower().endswith(IMAGE_SUFFIXES))
   if not names:
     raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {input_dir!r}.")
+  for name in names:
+    # Reads the header only: a file that is not an image fails here, before compiling.
+    try:
+      with Image.open(os.path.join(input_dir, name)):
+        pass
+    except (OSError, SyntaxError) as error:
+      raise ValueError(
+          f"{os.path.join(input_dir, name)!r} is not a readable image ({error}); remove it "
+          f"from config.predict.input_dir.") from error
   output_dir = output_dir or os.path.join(workdir, "predictions")
   run, _ = restore_run(config, workdir)
   if measure == "none":
@@ -106,7 +117,7 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str) -> list[str]
                                          num_samples=config.predict.mc_samples, seed=config.seed)
   written = []
   for name in tqdm(names, desc="predict", disable=not config.progress_bar):
-    image = np.asarray(Image.open(os.path.join(input_dir, name)).convert("RGB"))
+    image = folder.read_image(os.path.join(input_dir, name))
     outputs = predict(image[None].astype(np.float32) / 255.0)
     stem = os.path.join(output_dir, os.path.splitext(name)[0])
     paths = [stem + ".png"] + ([] if measure == "none" else [f"{stem}_{measure}.png"])

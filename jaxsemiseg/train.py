@@ -223,6 +223,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   if datasets is None:
     datasets = data_lib.load_datasets(config, workdir=workdir)
+  if config.dataset.check_labels and getattr(methods.get_method(config.method),
+                                             "USES_UNLABELED", False):
+    data_lib.check_readable(datasets.unlabeled)
   _write_run_info(workdir, datasets)
   run = build_run(config, num_classes=datasets.num_classes, mesh=mesh)
   state = run.state

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from jaxsemiseg import checkpoint as checkpoint_lib
+from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
 from jaxsemiseg import inference, parallel, train
 from jaxsemiseg.data import splits
@@ -195,6 +196,19 @@ def test_eval_and_predict_modes(dataset_root, tmp_path):
   assert set(np.unique(np.asarray(mask))) <= {0, 1, 2}
 
 
+def test_predict_mode_rejects_a_file_that_is_not_an_image_before_restoring(tmp_path,
+                                                                           monkeypatch):
+  input_dir = tmp_path / "images"
+  input_dir.mkdir()
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(input_dir / "a.png")
+  (input_dir / "b.jpg").write_bytes(b"not a jpeg")
+  config = tiny_data.tiny_config(str(tmp_path))
+  config.predict.input_dir = str(input_dir)
+  monkeypatch.setattr(inference, "restore_run", lambda *a, **k: pytest.fail("restored"))
+  with pytest.raises(ValueError, match=r"b\.jpg' is not a readable image.*remove it"):
+    inference.predict_folder(config, str(tmp_path / "run"))
+
+
 def test_predict_mode_writes_uncertainty_maps(dataset_root, tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny_data.tiny_config(dataset_root)
@@ -233,6 +247,21 @@ def test_eval_batch_not_divisible_by_devices_fails_before_compile(dataset_root, 
   _fail_before_compiling(monkeypatch)
   config = tiny_data.tiny_config(dataset_root, eval_batch_size=6)
   with pytest.raises(ValueError, match=r"config\.eval_batch_size=6 is not divisible by the 4"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_undecodable_unlabeled_image_fails_before_compile(tmp_path, monkeypatch):
+  _fail_before_compiling(monkeypatch)
+  root = tiny_data.write_dataset(str(tmp_path / "data"))
+  split_file = tmp_path / "labeled.txt"
+  split_file.write_text("".join(f"train{i:03d}\n" for i in range(8)))
+  broken = os.path.join(root, "train", "images", "train012.png")
+  with open(broken, "wb") as f:
+    f.write(b"not a png")
+  config = tiny_data.tiny_config(root, **{"dataset.split_file": str(split_file)})
+  config.method = "fixmatch"
+  config.fixmatch = config_lib.base_config("fixmatch").fixmatch
+  with pytest.raises(ValueError, match=r"train012\.png' cannot be decoded.*replace the file"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 

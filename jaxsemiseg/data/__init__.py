@@ -94,7 +94,8 @@ def split_datasets(config: ml_collections.ConfigDict, train: SegmentationSource,
   """Splits ``train`` into labeled and unlabeled parts as ``config.dataset`` says.
 
   Writes the labeled ids to ``workdir`` (process 0) and, with ``check_labels``, scans the
-  labeled and validation masks.
+  labeled and validation masks (the loop also decodes the unlabeled pool once, for
+  methods that use it: ``check_readable``).
   """
   dataset = config.dataset
   if dataset.split_file:
@@ -120,5 +121,12 @@ def check_labels(source: SegmentationSource) -> None:
     check_example(source.load(index), num_classes=source.num_classes, source=source.name)
 
 
-__all__ = ["Datasets", "IGNORE_INDEX", "SegmentationSource", "check_labels",
+def check_readable(source: SegmentationSource) -> None:
+  """Reads every example of ``source`` once, so an undecodable file fails before training."""
+  for index in tqdm(range(len(source)), desc=f"reading {source.name}", leave=False,
+                    disable=len(source) < 1000 or jax.process_index() != 0):
+    source.load(index)
+
+
+__all__ = ["Datasets", "IGNORE_INDEX", "SegmentationSource", "check_labels", "check_readable",
            "load_datasets", "load_source", "source_from_arrays", "split_datasets"]

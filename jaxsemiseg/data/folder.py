@@ -157,9 +157,18 @@ def load_voc(root: str | os.PathLike, split: str, *,
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-  """Decodes an image file as uint8 RGB ``[H, W, 3]`` (gray and alpha are converted)."""
-  with Image.open(path) as image:
-    return np.asarray(image.convert("RGB"))
+  """Decodes an image file as uint8 RGB ``[H, W, 3]`` (gray and alpha are converted).
+
+  Raises:
+    ValueError: naming the file, if it cannot be decoded (truncated, not an image).
+  """
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except (OSError, SyntaxError) as error:  # PIL's errors for undecodable files.
+    raise ValueError(
+        f"image {os.fspath(path)!r} cannot be decoded ({type(error).__name__}: {error}); "
+        "replace the file, or remove it (and its mask) from the dataset.") from error
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
