@@ -11,7 +11,9 @@ This file is intentionally kept short: the logic lives in importable modules
       --config.predict.input_dir=my_images/
 """
 
+import ast
 import json
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,6 +29,28 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
                           "or predict masks for config.predict.input_dir.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default newest).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; a ``--config.<key>`` override of a missing key is a usage error.
+
+  ml_collections raises KeyError or AttributeError for those, which absl would print as a
+  traceback.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f"FATAL Flags parsing error: {error}\nPass --helpfull to see help on flags.")
+  except (KeyError, AttributeError) as error:
+    detail = str(error.args[0]) if error.args else repr(error)
+    try:
+      # ml_collections sometimes wraps the message in a second repr.
+      detail = ast.literal_eval(detail)
+    except (ValueError, SyntaxError):
+      pass
+    sys.exit(f"FATAL Flags parsing error: a --config.<key> override names a key the config "
+             f"does not have: {detail}\nA method's hyper-parameters exist only in its own "
+             "config (e.g. --config.fixmatch.* needs --config=configs/fixmatch.py).")
 
 
 def _report(results: dict) -> None:
@@ -64,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
