@@ -241,7 +241,9 @@ def predict_sliding_window(
   """Class probabilities for whole images from square window crops.
 
   Windows of ``window x window`` start every ``stride`` pixels along each axis, and the
-  last window of each axis is aligned to the border, so every pixel is covered.
+  last window of each axis is aligned to the border, so every pixel is covered (CPS's and
+  U2PL's placement; UniMatch keeps the last window at its stride and cuts it at the
+  border instead, which moves the windows but not which pixels they cover).
   Images smaller than the window are zero-padded at the bottom/right (as training
   crops are) and the padding is cut from the result. Where windows overlap, the
   probabilities are averaged (divided by the number of windows covering the pixel).
@@ -257,7 +259,8 @@ def predict_sliding_window(
       probabilities.
     images: ``[B, H, W, 3]`` float images.
     window: side of the square window (the training crop, e.g. 801).
-    stride: offset between windows; default ``floor(2/3 * window)`` (UniMatch, CPS).
+    stride: offset between windows; default ``floor(2/3 * window)`` (UniMatch, CPS; U2PL
+      rounds up).
     num_classes: C, checked against the output of ``predict_fn``.
 
   Returns:
