@@ -27,12 +27,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # of the models' ``decoder_input_perturbation`` argument.
 Perturbation = Callable[[jax.Array, jax.Array], jax.Array]
 
-# torchvision initialises convolutions with kaiming_normal_(mode="fan_out").
-_KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torchvision's ResNets initialise their convolutions with kaiming_normal_(mode="fan_out").
+KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's default for Conv2d weights, kaiming_uniform_(a=sqrt(5)): U(+-1/sqrt(fan_in)),
+# which the modules no init loop reaches keep (UniMatch's DeepLabV3+ head).
+TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> Callable:
+  """PyTorch's default Conv2d bias init, ``U(+-1/sqrt(fan_in))``, as a Flax initializer."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
 
 
 def torch_conv(features: int, kernel_size: int, *, strides: int = 1, dilation: int = 1,
-               dtype: Any = jnp.float32, name: str | None = None) -> nn.Conv:
+               kernel_init: Callable = KAIMING_FAN_OUT, dtype: Any = jnp.float32,
+               name: str | None = None) -> nn.Conv:
   """A bias-free conv padded like PyTorch's ``padding=dilation * (kernel_size - 1) // 2``.
 
   Flax's "SAME" pads stride-2 convs asymmetrically, which would shift every feature map by
@@ -43,16 +57,17 @@ def torch_conv(features: int, kernel_size: int, *, strides: int = 1, dilation: i
     kernel_size: square kernel size.
     strides: stride in both axes.
     dilation: kernel dilation in both axes.
+    kernel_init: the weights' initializer; by default torchvision's ResNet one.
     dtype: computation dtype.
     name: the submodule name.
 
   Returns:
-    The ``nn.Conv`` module, initialised like torchvision's ResNets.
+    The ``nn.Conv`` module.
   """
   pad = dilation * (kernel_size - 1) // 2
   return nn.Conv(features, (kernel_size, kernel_size), strides=strides,
                  padding=((pad, pad), (pad, pad)), kernel_dilation=dilation, use_bias=False,
-                 kernel_init=_KAIMING_FAN_OUT, dtype=dtype, name=name)
+                 kernel_init=kernel_init, dtype=dtype, name=name)
 
 
 class ParamScope(nn.Module):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxsemiseg.models import deeplab
+from jaxsemiseg.models import layers
 from jaxsemiseg.models import resnet
 
 
@@ -175,3 +176,19 @@ def test_deeplab_perturbs_both_decoder_inputs(setup):
   perturbed = outputs["logits"][2:]
   assert not np.allclose(perturbed, clean["logits"])
   np.testing.assert_allclose(perturbed[0], perturbed[1], atol=1e-6)
+
+
+def test_head_convs_keep_pytorch_default_init_and_backbone_convs_kaiming():
+  # UniMatch's kaiming loop runs over its backbone only: the head's 1x1 conv from 512
+  # channels draws U(+-1/sqrt(512)) (std 0.0255), a backbone conv N(0, 2 / fan_out).
+  x = jnp.zeros((1, 3, 3, 512))
+  head = deeplab.ConvBNReLU(256, 1).init(jax.random.key(0), x, train=False)
+  kernel = np.asarray(head["params"]["conv"]["kernel"])
+  assert np.abs(kernel).max() <= 1 / np.sqrt(512)
+  np.testing.assert_allclose(kernel.std(), 1 / np.sqrt(3 * 512), rtol=0.02)
+  conv = layers.torch_conv(256, 3)
+  kernel = np.asarray(conv.init(jax.random.key(1), x)["params"]["kernel"])
+  np.testing.assert_allclose(kernel.std(), np.sqrt(2 / (9 * 256)), rtol=0.02)
+  bias = np.asarray(layers.torch_default_bias_init(256)(jax.random.key(2), (10000,)))
+  assert np.abs(bias).max() <= 1 / 16
+  np.testing.assert_allclose(bias.std(), 1 / (16 * np.sqrt(3)), rtol=0.03)
