@@ -22,7 +22,8 @@ def get_config(arg=None):
   config.pseudo_label.variant = "st"
   # A teacher and two students of 2000 steps at 16 images per step: each round sees as
   # many images as the 4000-step supervised quick start (batch 8), and the three together
-  # cost about the step time of configs/fixmatch.py (plus two labeling passes).
+  # cost about the step time of configs/fixmatch.py (plus two labeling passes). They do not
+  # follow --config.num_steps: for another budget set --config.pseudo_label.round_steps.
   config.pseudo_label.round_steps = (2000, 2000, 2000)
   # The classic confidence-filtered pseudo-labels; ST itself keeps every pixel (0.0).
   # Not tuned on this dataset.

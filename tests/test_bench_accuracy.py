@@ -71,10 +71,13 @@ def test_a_label_gives_a_variant_rows_of_its_own(accuracy):
 
 def test_gap_recovered_is_the_share_of_the_labeled_only_gap(accuracy):
   rows = [_row(0.0625, 0, 0.30), _row(0.0625, 1, 0.34), _row(1.0, 0, 0.62),
+          _row(1.0, 1, 0.66), _row(0.0625, 2, 0.50),
           _row(0.0625, 0, 0.41, method="fixmatch"), _row(0.0625, 1, 0.43, method="fixmatch")]
-  summary = accuracy.summarise(rows)
-  # (42 - 32) / (62 - 32)
-  assert accuracy.gap_recovered(summary, "fixmatch", "shapes 1.1.0", 100, 0.0625) == (
-      pytest.approx(100 / 3))
-  assert accuracy.gap_recovered(summary, "supervised", "shapes 1.1.0", 100, 0.0625) is None
-  assert accuracy.gap_recovered(summary, "fixmatch", "shapes 1.1.0", 200, 0.0625) is None
+  # Seeds 0 and 1: (42 - 32) / (64 - 32); supervised seed 2 has no fixmatch twin.
+  assert accuracy.gap_recovered(rows, "fixmatch", "shapes 1.1.0", 100, 0.0625) == (
+      pytest.approx(100 * 10 / 32), 2)
+  # Seed 0 only: the method is compared with the labeled-only run of its own split.
+  assert accuracy.gap_recovered(rows[:1] + rows[2:3] + rows[5:6], "fixmatch", "shapes 1.1.0",
+                                100, 0.0625) == (pytest.approx(100 * 11 / 32), 1)
+  assert accuracy.gap_recovered(rows, "supervised", "shapes 1.1.0", 100, 0.0625) is None
+  assert accuracy.gap_recovered(rows, "fixmatch", "shapes 1.1.0", 200, 0.0625) is None
