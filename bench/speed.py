@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import os
 import statistics
 import sys
 import time
@@ -110,8 +112,9 @@ def seconds_per_call(calls: dict[str, Callable[[], Any]], *, steps: int,
   """Median seconds of one call of each function, the functions timed in turn.
 
   Each function is called ``_WARMUP_CALLS`` times first. Then, ``repeats`` times, each
-  function in turn makes ``steps`` calls back to back (waiting for the last result), so on
-  a shared machine all of them see the same load.
+  function in turn makes ``steps`` calls, waiting for each result (the passes do not
+  depend on each other as the steps do, and must not overlap), so on a shared machine
+  all of them see the same load.
 
   Args:
     calls: ``{name: fn}``; ``fn()`` makes one call and returns its (asynchronous) result.
@@ -129,8 +132,7 @@ def seconds_per_call(calls: dict[str, Callable[[], Any]], *, steps: int,
     for name, call in calls.items():
       start = time.perf_counter()
       for _ in range(steps):
-        result = call()
-      jax.block_until_ready(result)
+        jax.block_until_ready(call())
       timings[name].append((time.perf_counter() - start) / steps)
   return {name: statistics.median(times) for name, times in timings.items()}
 
@@ -189,8 +191,12 @@ def model_passes(key: jax.Array, model, config: ml_collections.ConfigDict, state
     logits = forward(params, batch_stats, images, key)["logits"]
     return common.supervised_loss(logits, labels, config.loss)[0]
 
-  fwd = jax.jit(lambda *args: forward(*args)["logits"])
-  fwd_bwd = jax.jit(jax.value_and_grad(loss))
+  # Compiled as the step is (parallel.compile_step's options), so the ratio compares
+  # like with like.
+  jit = functools.partial(jax.jit, compiler_options=parallel.step_compiler_options(
+      jax.devices()[0].platform, os.environ.get("XLA_FLAGS", "")))
+  fwd = jit(lambda *args: forward(*args)["logits"])
+  fwd_bwd = jit(jax.value_and_grad(loss))
   passes = {"fwd": lambda: fwd(params, batch_stats, images, key),
             "fwd_bwd": lambda: fwd_bwd(params, batch_stats, images, labels, key)}
   if not heads:
@@ -204,8 +210,8 @@ def model_passes(key: jax.Array, model, config: ml_collections.ConfigDict, state
   def head_loss(params: Any, features: jax.Array, labels: jax.Array) -> jax.Array:
     return common.supervised_loss(head(params, features), labels, config.loss)[0]
 
-  head_fwd = jax.jit(head)
-  head_fwd_bwd = jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1)))
+  head_fwd = jit(head)
+  head_fwd_bwd = jit(jax.value_and_grad(head_loss, argnums=(0, 1)))
   return {**passes, "head_fwd": lambda: head_fwd(head_params, features),
           "head_fwd_bwd": lambda: head_fwd_bwd(head_params, features, labels)}
 
