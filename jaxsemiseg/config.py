@@ -253,6 +253,8 @@ def _shared_config() -> ml_collections.ConfigDict:
       dice_weight=0.0,
       ohem=False,
       ohem_threshold=0.7,
+      # Over the global batch; UniMatch's 200000 (Cityscapes) is per GPU, so on its 8 GPUs
+      # use 8 * 200000 (losses.ohem_cross_entropy).
       ohem_min_kept=100_000,
   ))
 

@@ -155,8 +155,11 @@ def ohem_cross_entropy(
     ``k = min(min_kept, #pixels)``, and the pixels with ``q <= cut`` are kept (``<=``
     as in the reference, so ties at the cut are all kept).
 
-  Selection is over all pixels of all images together, not per image. The probability
-  used for the selection carries no gradient.
+  Selection is over all pixels of all images together, not per image, and in a
+  data-parallel step over the **global** batch: the reference runs it per GPU on its
+  local batch (then averages the losses), so to keep as many hard pixels as it does on N
+  GPUs, pass ``N * min_kept``. The probability used for the selection carries no
+  gradient.
 
   Normaliser: the number of **kept** pixels (PyTorch's mean over non-ignored targets).
 

@@ -71,6 +71,8 @@ def build_run(config: ml_collections.ConfigDict, *, num_classes: int, mesh,
   init = functools.partial(method.init_state, model=model, tx=tx, config=config)
   # An "rbg" key: a model init draws ~50 random tensors, and XLA:CPU takes ~4x longer to
   # compile them with the default threefry generator (about 30 s vs 8 s for the UNet).
+  # The price: rbg bits differ between CPU, GPU and TPU, so the initial weights of a seed
+  # depend on the platform (the data order, augmentations and step keys do not).
   init_rng = jax.random.key(config.seed, impl="rbg")
   state = jax.jit(
       lambda rng: init(rng, sample_batch=sample_batch),
@@ -285,19 +287,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
         window, window_start, timed_steps = [], time.perf_counter(), 0
 
-      evaluate_now = step % config.eval_every == 0 or step == config.num_steps
+      # Before evaluating: a preempted run has seconds to save, not an evaluation's time.
+      stopping = stop.should_stop(check=step % config.log_every == 0)
+      evaluate_now = (step % config.eval_every == 0 or step == config.num_steps) and not stopping
       if evaluate_now:
         results = run_evaluation(run, eval_step, datasets.val, state=state)
         writer.write_scalars(step, _eval_scalars(results, datasets.class_names))
         bar.write(f"step {step}: val mIoU {100 * results['miou']:.2f}")
 
-      stopping = stop.should_stop(check=step % config.log_every == 0)
       save_now = step % config.checkpoint_every == 0 or step == config.num_steps or stopping
       if save_now:
-        if not bool(_all_finite(state.params)):
+        # All of the state: a NaN in BatchNorm statistics, the optimizer or a teacher would
+        # poison the resumed run as surely as one in the parameters.
+        if not bool(_all_finite(state)):
           raise FloatingPointError(
-              f"Parameters are not finite at step {step}; not saving. "
-              f"{_last_good(last_saved, checkpointer)}")
+              f"The train state (parameters, statistics, optimizer or method state) is not "
+              f"finite at step {step}; not saving. {_last_good(last_saved, checkpointer)}")
         checkpointer.save(step, state)
         last_saved = step
       if stopping:

@@ -162,6 +162,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(dataset_root, tmp_
     assert checkpointer.all_steps() == [1, 2]
 
 
+def test_the_finiteness_check_covers_the_whole_state(dataset_root):
+  run = train.build_run(tiny_data.tiny_config(dataset_root), num_classes=tiny_data.NUM_CLASSES,
+                        mesh=parallel.make_mesh(1))
+  assert bool(train._all_finite(run.state))
+  poisoned = jax.tree.map(lambda x: x * np.nan if x.dtype == np.float32 else x,
+                          run.state.opt_state)
+  assert not bool(train._all_finite(run.state.replace(opt_state=poisoned)))
+
+
 def test_checkpoint_of_another_model_is_rejected(dataset_root, tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tiny_data.tiny_config(dataset_root), workdir)

@@ -112,11 +112,14 @@ def vat(key: jax.Array, features: jax.Array, logits_fn: Callable[[jax.Array], ja
   probs = jax.nn.softmax(logits, axis=-1)
 
   def hessian_product(d: jax.Array) -> jax.Array:
-    _, tangent = jax.jvp(lambda x: logits_fn(x).astype(jnp.float32), (z,), (d,))
+    _, tangent = jax.jvp(lambda x: logits_fn(x).astype(jnp.float32), (z,),
+                         (d.astype(z.dtype),))
     fisher_tangent = probs * (tangent - jnp.sum(probs * tangent, axis=-1, keepdims=True))
-    return pullback(fisher_tangent)[0]
+    return pullback(fisher_tangent)[0].astype(jnp.float32)
 
-  d = jax.random.uniform(key, z.shape, jnp.float32, -0.5, 0.5).astype(z.dtype)
+  # The direction and its norm stay float32 with bfloat16 features: the norm sums
+  # h * w * F squares (1.7M for DeepLab at crop 321), too many for a bfloat16 sum.
+  d = jax.random.uniform(key, z.shape, jnp.float32, -0.5, 0.5)
   # Unrolled: XLA:CPU runs the convolutions of a loop body ~10x slower (jaxsemiseg/stacked.py).
   for _ in range(num_iterations):
     d = _l2_normalize(hessian_product(_l2_normalize(d)))
