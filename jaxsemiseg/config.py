@@ -203,7 +203,10 @@ def _shared_config() -> ml_collections.ConfigDict:
       scale_range=(1.0, 1.0),
       flip=True,
       # Evaluation batches are padded (image 0, label 255) to this square size; 0 = to the
-      # largest image of each batch. Several processes need a fixed size (VOC: 512).
+      # largest image of each batch. Several processes need a fixed size (VOC: 512). Padded
+      # pixels are not scored, but a model's image-wide statistics see them (DeepLab's ASPP
+      # pooling, UNet-S's GroupNorm), so with images of several sizes the scores depend on
+      # the padding; eval_batch_size=1 with 0 evaluates every image unpadded.
       eval_pad_to=0,
       # Scan every labeled training mask and every validation mask, and decode every
       # unlabeled image, before training, so a bad label or an undecodable file fails the
