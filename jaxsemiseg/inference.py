@@ -17,8 +17,9 @@ from jaxsemiseg import checkpoint as checkpoint_lib
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
 from jaxsemiseg import evaluate as evaluate_lib
-from jaxsemiseg import parallel, train, uncertainty, visualize
+from jaxsemiseg import methods, parallel, train, uncertainty, visualize
 from jaxsemiseg.data import folder
+from jaxsemiseg.methods import cotraining
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Inputs are padded to a multiple of this so every encoder level halves evenly.
@@ -59,12 +60,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   """
   run, restored_step = restore_run(config, workdir, step=step)
   val = data_lib.load_source(config.dataset, config.dataset.val_split)
-  evaluate_members = getattr(run.method, "evaluate_members", None)
-  if evaluate_members is None:
+  if not _has_members(run.method):
     results = train.run_evaluation(run, train.make_eval_step(run), val,
                                    progress=config.progress_bar)
   else:
-    per_member = evaluate_members(run, val)
+    per_member = run.method.evaluate_members(run, val)
     results = {**per_member.pop("average"),
                "member_miou": {name: scores["miou"] for name, scores in per_member.items()}}
   diagram = os.path.join(workdir, f"reliability_step{restored_step}.png")
@@ -79,19 +79,22 @@ def predict_folder(config: ml_collections.ConfigDict, workdir: str) -> list[str]
 
   Each mask has the image's size, pixel values are class ids (palette PNG), and the file
   keeps the image's stem. With ``config.predict.uncertainty`` set, the masks come from the
-  mean of ``config.predict.mc_samples`` MC Dropout passes and ``<stem>_<measure>.png`` holds
-  the uncertainty heat-map (magma, 0 to log C). Returns the written paths.
+  mean of ``config.predict.mc_samples`` MC Dropout passes (or of the members, for a method
+  with members) and ``<stem>_<measure>.png`` holds the uncertainty heat-map (magma, 0 to
+  log C). Returns the written paths.
 
   Raises:
     FileNotFoundError: no input directory or no images in it.
-    ValueError: an uncertainty map is asked of a model without dropout, or an input file
-      is not an image.
+    ValueError: an uncertainty map is asked of a single model without dropout, or an input
+      file is not an image.
   """
   measure = config.predict.uncertainty
-  if measure != "none" and not config.model[config.model.name].dropout_rate > 0:
+  if (measure != "none" and not config.model[config.model.name].dropout_rate > 0
+      and not _has_members(methods.get_method(config.method))):
     raise ValueError(
         f"config.predict.uncertainty={measure!r} needs MC Dropout, but "
-        f"config.model.{config.model.name}.dropout_rate is 0: train with dropout.")
+        f"config.model.{config.model.name}.dropout_rate is 0: train with dropout (or use "
+        "a method with members, e.g. ensemble_self_training).")
   input_dir, output_dir = config.predict.input_dir, config.predict.output_dir
   if not input_dir or not os.path.isdir(input_dir):
     raise FileNotFoundError(
@@ -162,17 +165,20 @@ def make_batch_predictor(run: train.Run) -> Callable[[np.ndarray], np.ndarray]:
 
 def make_uncertainty_predictor(run: train.Run, *, measure: str, num_samples: int,
                                seed: int = 0) -> Callable[[np.ndarray], tuple]:
-  """A jitted ``predict(images) -> (class ids, uncertainty map)`` from MC Dropout.
+  """A jitted ``predict(images) -> (class ids, uncertainty map)`` from MC Dropout or members.
 
-  ``num_samples`` passes with dropout on and BatchNorm in inference mode
-  (:func:`uncertainty.mc_dropout`, whole images); the class is the argmax of the mean
+  For a method with members (co-training, ensembles: its module's ``evaluate_members``)
+  the samples are the members' eval-mode predictions (``cotraining.member_probabilities``);
+  otherwise ``num_samples`` passes with dropout on and BatchNorm in inference mode
+  (:func:`uncertainty.mc_dropout`, whole images). The class is the argmax of the mean
   probability and the map is its predictive entropy or the mutual information (BALD)
-  between the prediction and the dropout mask. Padding as :func:`make_batch_predictor`.
+  between the prediction and the member or dropout mask. Padding as
+  :func:`make_batch_predictor`.
 
   Args:
-    run: a run with trained state whose model has dropout.
+    run: a run with trained state whose model has dropout, or whose method has members.
     measure: ``"entropy"`` or ``"mutual_information"``.
-    num_samples: the number of MC Dropout passes T.
+    num_samples: the number of MC Dropout passes T (not used for members).
     seed: seeds the dropout masks, so predictions are reproducible.
 
   Returns:
@@ -184,15 +190,25 @@ def make_uncertainty_predictor(run: train.Run, *, measure: str, num_samples: int
     raise ValueError(f"measure={measure!r}; expected one of {sorted(maps)}.")
   apply_fn = uncertainty.make_mc_dropout_apply_fn(run.model)
   key = jax.random.key(seed)
+  has_members = _has_members(run.method)
 
   @jax.jit
   def ids_and_map(state, images):
-    samples = uncertainty.mc_dropout(key, apply_fn, state.variables, images,
-                                     num_samples=num_samples)
+    if has_members:
+      samples = cotraining.member_probabilities(run.model, state.params, state.batch_stats,
+                                                images, member_map=run.config.member_map)
+    else:
+      samples = uncertainty.mc_dropout(key, apply_fn, state.variables, images,
+                                       num_samples=num_samples)
     ids = jnp.argmax(samples.mean(axis=0), axis=-1).astype(jnp.int32)
     return ids, maps[measure](samples)
 
   return _on_padded_images(lambda images: ids_and_map(run.state, images))
+
+
+def _has_members(method) -> bool:
+  """Whether a method's model is several stacked members (co-training, ensembles)."""
+  return getattr(method, "evaluate_members", None) is not None
 
 
 def _on_padded_images(fn: Callable) -> Callable:

@@ -4,15 +4,18 @@ CPS's step (its terms, learning, 1 vs 4 devices, a run of the loop) is checked w
 other methods in ``test_self_training.py``.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from PIL import Image
 
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import data as data_lib
-from jaxsemiseg import evaluate, inference, losses, parallel, train
+from jaxsemiseg import evaluate, inference, losses, parallel, train, uncertainty
 from jaxsemiseg.augment import mixing
 from jaxsemiseg.methods import common, cotraining, cps
 
@@ -201,6 +204,28 @@ def test_eval_mode_reports_each_net_and_the_average(tmp_path):
   alone = cotraining.evaluate_members(run, data_lib.load_source(config.dataset, "val"))
   for name in ("member_0", "member_1"):
     assert evaluated["member_miou"][name] == pytest.approx(alone[name]["miou"])
+
+  # --mode=predict's uncertainty map comes from the two nets (no dropout needed).
+  config.predict.update(dict(input_dir=os.path.join(root, "val", "images"),
+                             output_dir=str(tmp_path / "masks"),
+                             uncertainty="mutual_information"))
+  paths = inference.predict_folder(config, workdir)
+  heatmaps = [p for p in paths if p.endswith("_mutual_information.png")]
+  assert len(heatmaps) == 6
+  predict = inference.make_uncertainty_predictor(run, measure="mutual_information",
+                                                 num_samples=8)
+  images = np.stack([np.asarray(Image.open(os.path.join(root, "val", "images", name)),
+                                np.float32) / 255 for name in ("val000.png", "val001.png")])
+  ids, mutual_information = predict(images)
+  # The predictor pads to a multiple of inference.SIZE_MULTIPLE and crops back.
+  padded = np.pad(images, ((0, 0), (0, 16), (0, 16), (0, 0)))
+  members = cotraining.member_probabilities(run.model, run.state.params,
+                                            run.state.batch_stats, jnp.asarray(padded))
+  members = np.asarray(members)[:, :, :16, :16]
+  np.testing.assert_array_equal(ids, np.argmax(members.mean(0), -1))
+  np.testing.assert_allclose(mutual_information,
+                             uncertainty.mutual_information(members), rtol=1e-4, atol=1e-6)
+  assert np.asarray(mutual_information).max() > 0
 
 
 def test_check_config_names_bad_values():
