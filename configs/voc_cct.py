@@ -31,7 +31,7 @@ each image's own long side. Evaluation pads each image to 512x512 instead of CCT
 time: the padding is not scored, but it changes the predictions on real pixels (the ASPP's
 image-level pooling averages over it, and the borders see black instead of zero padding);
 evaluate the final checkpoint as the reference does, one unpadded image at a time, with
-``--mode=eval --config.eval_pad_to=0 --config.eval_batch_size=1`` (one compilation per
+``--mode=eval --config.dataset.eval_pad_to=0 --config.eval_batch_size=1`` (one compilation per
 image size).
 """
 

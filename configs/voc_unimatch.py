@@ -21,7 +21,7 @@ convert torchvision's with ``jaxsemiseg.models.weights``), and evaluation pads e
 512x512 instead of running one image at a time: the padding is not scored, but it changes the predictions on real pixels (the ASPP's
 image-level pooling averages over it, and the borders see black instead of zero padding);
 evaluate the final checkpoint as the reference does, one unpadded image at a time, with
-``--mode=eval --config.eval_pad_to=0 --config.eval_batch_size=1`` (one compilation per
+``--mode=eval --config.dataset.eval_pad_to=0 --config.eval_batch_size=1`` (one compilation per
 image size).
 """
 
