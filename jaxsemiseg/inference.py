@@ -34,7 +34,8 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, *,
   info_path = os.path.join(workdir, train.RUN_INFO_FILE)
   if not os.path.exists(info_path):
     raise FileNotFoundError(
-        f"{info_path} does not exist: {workdir!r} is not the workdir of a training run.")
+        f"{info_path} does not exist: {workdir!r} is not the workdir of a training run; "
+        "point --workdir at one, or train there first (--mode=train).")
   with open(info_path, encoding="utf-8") as f:
     info = json.load(f)
   # The checkpoint holds every weight: the pretrained backbone file is not needed here.
