@@ -79,6 +79,22 @@ def test_dice_loss_perfect_prediction_is_zero():
       0.0, abs=1e-6)
 
 
+def test_dice_loss_equals_a_numpy_batch_dice_with_ignored_pixels_and_an_absent_class():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 4, 4)).astype(np.float32)
+  labels = rng.integers(0, 3, size=(2, 5, 4))  # class 3 never labeled
+  labels[0, 0, :2] = 255
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  valid = labels != 255
+  dice = []
+  for c in range(4):
+    p, t = probs[..., c][valid], (labels[valid] == c).astype(np.float32)
+    dice.append((2 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0))
+  np.testing.assert_allclose(
+      losses.dice_loss(jnp.asarray(logits), jnp.asarray(labels), num_classes=4),
+      1 - np.mean(dice), rtol=1e-5)
+
+
 def test_dice_loss_uniform_prediction_hand_value():
   # Two valid pixels with labels 0 and 1 and p = (.5, .5) everywhere. Per class:
   # intersection .5, sum p = 1, sum t = 1. smooth 1: (1 + 1) / (2 + 1) = 2/3;

@@ -50,6 +50,27 @@ def _warps(key, images, **transforms):
 
 
 @pytest.mark.parametrize("kind", equivariance.CONSISTENCY_LOSSES)
+def test_consistency_equals_numpy_and_trains_only_the_student(kind):
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)
+  target = rng.dirichlet(np.ones(4), size=(2, 3, 3)).astype(np.float32)
+  mask = rng.random((2, 3, 3)) < 0.7
+  student = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  entropy = lambda p: -(p * np.log(p)).sum(-1)
+  per_pixel = {
+      "mse": ((student - target) ** 2).mean(-1),
+      # KL(target || student): the direction matters, the target is the fixed one.
+      "kl": (target * (np.log(target) - np.log(student))).sum(-1),
+      "jsd": entropy((student + target) / 2) - (entropy(student) + entropy(target)) / 2,
+  }[kind]
+  value, target_gradient = jax.value_and_grad(
+      lambda t: equivariance.consistency(jnp.asarray(logits), t, jnp.asarray(mask),
+                                         kind=kind))(jnp.asarray(target))
+  np.testing.assert_allclose(value, per_pixel[mask].mean(), rtol=1e-5)
+  np.testing.assert_array_equal(target_gradient, 0.0)
+
+
+@pytest.mark.parametrize("kind", equivariance.CONSISTENCY_LOSSES)
 def test_identity_transform_gives_zero_consistency_of_a_model_with_itself(kind):
   images = _images()
   warps = _warps(jax.random.key(0), images, flip=False, rot90=False)

@@ -58,6 +58,15 @@ TOTALS = {
                                   + m["adv_weight"] * m["loss_adv"]),
 }
 
+# The ramped weights a step reports: (metric, the config's base weight), each
+# ``base * exp(-5 (1 - t / rampup_steps)^2)`` at the step's t = updates done before it.
+RAMPED_WEIGHTS = {
+    "mean_teacher": (("consistency_weight", "consistency_weight"),),
+    "cct": (("consistency_weight", "consistency_weight"),),
+    "equivariance": (("consistency_weight", "consistency_weight"),),
+    "deep_cotraining": (("cot_weight", "cot_weight"), ("adv_weight", "adv_weight")),
+}
+
 # Settings a method needs beyond the shared tiny config (UA-MT's teacher needs dropout).
 CONFIG_OVERRIDES = {
     "ua_mt": {"model.unet.dropout_rate": 0.5},
@@ -263,13 +272,18 @@ def method_runs(request, dataset_root):
 
 
 def test_step_reports_its_terms_and_learns_a_fixed_batch(method_runs):
-  method, _, runs = method_runs
+  method, config, runs = method_runs
   run, step, batch = runs[1]
   state, history = tiny_data.train_on_fixed_batch(step, run.state, batch, NUM_STEPS)
   first, last = history[0], history[-1]
-  for metrics in history:
+  settings = config[method]
+  for t, metrics in enumerate(history):
     assert metrics.keys() == {"loss", "grad_norm", *TERMS[method]}
     np.testing.assert_allclose(metrics["loss"], TOTALS[method](metrics), rtol=1e-5)
+    for metric, base in RAMPED_WEIGHTS.get(method, ()):
+      ramp = np.exp(-5 * (1 - min(t / settings.rampup_steps, 1)) ** 2)
+      np.testing.assert_allclose(metrics[metric], settings[base] * ramp, rtol=1e-5,
+                                 err_msg=metric)
   assert int(state.step) == NUM_STEPS
   assert last["loss"] < 0.7 * first["loss"], [m["loss"] for m in history]
   assert last["loss_x"] < 0.5 * first["loss_x"]

@@ -29,6 +29,16 @@ def test_channel_dropout_drops_whole_channels_and_rescales_the_rest():
       unimatch.channel_dropout(jax.random.key(0), features, rate=0.0), features)
 
 
+def test_channel_dropout_rate_is_the_drop_probability_per_example_and_channel():
+  # At rate 0.25 the kept channels are scaled by 1 / 0.75 (at 0.5, 1/rate would pass too).
+  features = jnp.ones((64, 1, 1, 32))
+  dropped = np.asarray(unimatch.channel_dropout(jax.random.key(3), features, rate=0.25))
+  assert set(np.unique(dropped)) == {0.0, np.float32(4 / 3)}
+  assert abs((dropped == 0).mean() - 0.25) < 0.03
+  # Each example draws its own channels.
+  assert len({tuple(row) for row in (dropped[:, 0, 0] == 0)}) > 32
+
+
 def test_perturbed_forward_decodes_clean_and_perturbed_copies():
   model = UNet(num_classes=3, width=4, depth=1)
   images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
