@@ -112,6 +112,24 @@ def test_consistency_weight_ramps_up_and_weights_the_consistency_term():
                                * m["loss_consistency"], rtol=1e-6)
 
 
+def test_consistency_is_the_mse_of_student_and_teacher_probabilities_on_valid_pixels():
+  model, _, batch, states, metrics = _two_steps("ema")
+  initial = states[0]
+  teacher = initial.extras["teacher"]
+  teacher_probs = np.asarray(jax.nn.softmax(model.apply(
+      {"params": teacher["params"], "batch_stats": teacher["batch_stats"]}, batch["image_u"],
+      train=False)["logits"]))
+  # The student sees the labeled and unlabeled images in one train-mode batch.
+  student_logits = model.apply(
+      {"params": initial.params, "batch_stats": initial.batch_stats},
+      jnp.concatenate([batch["image"], batch["image_u"]]), train=True,
+      mutable=["batch_stats"])[0]["logits"][2:]
+  squared = (np.asarray(jax.nn.softmax(student_logits)) - teacher_probs) ** 2
+  valid = np.asarray(batch["valid_u"])
+  np.testing.assert_allclose(metrics[0]["loss_consistency"], squared[valid].mean(),
+                             rtol=1e-5)
+
+
 def test_predictions_come_from_the_teacher():
   model, config, batch, states, _ = _two_steps("ema")
   state = states[-1]
