@@ -224,8 +224,9 @@ def make_train_step(model, tx: optax.GradientTransformation,
 
   ``batch`` needs ``image``, ``label``, ``image_u``, ``valid_u``, ``image_u2`` and
   ``valid_u2``. Metrics: the members' means of ``loss``, ``loss_x``, ``loss_ce`` (and the
-  other labeled terms), ``loss_u`` and ``grad_norm`` (each member's own gradient norm), and
-  ``confident_fraction``, the fraction of ``image_u``'s valid pixels the filter keeps.
+  other labeled terms) and ``loss_u``; ``grad_norm``, the norm of all members' gradients
+  together (as co-training reports it); and ``confident_fraction``, the fraction of
+  ``image_u``'s valid pixels the filter keeps.
   """
   settings = config.ensemble_self_training
   member_step = make_member_step(model, tx, config)
@@ -252,6 +253,7 @@ def make_train_step(model, tx: optax.GradientTransformation,
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, {**jax.tree.map(jnp.mean, metrics),
+                       "grad_norm": jnp.sqrt(jnp.sum(jnp.square(metrics["grad_norm"]))),
                        "confident_fraction": self_training.confident_fraction(
                            pseudo, threshold=KEPT)}
 

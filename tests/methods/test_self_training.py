@@ -294,6 +294,23 @@ def test_step_reports_its_terms_and_learns_a_fixed_batch(method_runs):
     assert all(first[name] > 0.01 for name in unlabeled_terms), first
 
 
+def test_grad_norm_is_the_norm_of_the_first_update_over_the_rate(method_runs):
+  # SGD's first update is lr * (g + weight_decay * p) (the momentum trace starts at 0), so
+  # the reported norm of g is the update's norm over the rate, up to the tiny decay term.
+  method, config, runs = method_runs
+  run, step, batch = runs[1]
+
+  def trainable(state):  # CCT's auxiliary heads train with the model, from extras.
+    return jax.device_get((state.params, state.extras.get("aux_heads", {})))
+
+  before = trainable(run.state)
+  state, metrics = step(tiny_data.copy_state(run.state), batch, jax.random.key(3))
+  change = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, trainable(state), before)
+  norm = np.sqrt(sum(float(np.sum(leaf**2)) for leaf in jax.tree.leaves(change)))
+  rate = config.optimizer.learning_rate
+  np.testing.assert_allclose(float(metrics["grad_norm"]), norm / rate, rtol=2e-3)
+
+
 def test_one_and_four_devices_agree(method_runs):
   _, _, runs = method_runs
   results = {}
