@@ -170,3 +170,30 @@ def test_check_config_names_bad_values():
     bad.update_from_flattened_dict({key: value})
     with pytest.raises(ValueError, match=message):
       deep_cotraining.check_config(bad)
+
+
+def test_step_terms_equal_numpy_shares_and_jensen_shannon(setup):
+  # Each net's CE on its own share of the labeled batch (summed over nets), and the JSD
+  # H(mean p) - mean H(p) of the nets' probabilities on the valid unlabeled pixels.
+  model, config, state, batch, clean_probs = setup
+  config = config_lib.base_config("deep_cotraining")
+  config.deep_cotraining.rampup_steps = 0
+  key = jax.random.key(7)
+  _, metrics = jax.jit(deep_cotraining.make_train_step(model, optax.sgd(0.1), config))(
+      tiny_data.copy_state(state), batch, key)
+  subsets = np.asarray(deep_cotraining.labeled_subsets(jax.random.split(key, 4)[0], BATCH, 2))
+  probs = np.asarray(clean_probs, np.float64)
+  labels = np.asarray(batch["label"])
+  loss_x = 0.0
+  for net in range(2):
+    owned = subsets[net][:, None, None] & (labels != 255)
+    picked = np.take_along_axis(probs[net, :BATCH], np.where(owned, labels, 0)[..., None],
+                                -1)[..., 0]
+    loss_x += -np.log(picked[owned]).mean()
+  entropy = lambda p: -(p * np.log(p)).sum(-1)
+  unlabeled = probs[:, BATCH:]
+  jsd = entropy(unlabeled.mean(0)) - entropy(unlabeled).mean(0)
+  np.testing.assert_allclose(metrics["loss_x"], loss_x, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss_cot"], jsd[np.asarray(batch["valid_u"])].mean(),
+                             rtol=1e-4)
+  np.testing.assert_allclose([metrics["cot_weight"], metrics["adv_weight"]], [10.0, 0.5])
