@@ -72,6 +72,22 @@ def test_pgd_stays_in_the_ball_and_range_and_raises_the_loss():
   assert all(float(a) < float(b) for a, b in zip(losses, losses[1:]))
 
 
+def test_iterated_fgsm_on_multiclass_linear_model_equals_a_numpy_reference():
+  # Three classes: the input gradient's sign changes along the path, so each step's
+  # direction, the projection onto the ball and the clip all matter.
+  params, x, y = _linear_problem(seed=3)
+  epsilon, step_size = 0.1, 0.06
+  x_adv = adversarial.pgd(loss_fn, epsilon=epsilon, step_size=step_size, num_steps=3,
+                          random_start=False)(params, x, y)
+  x0 = np.asarray(x, np.float64)
+  expected = x0.copy()
+  for _ in range(3):
+    expected = expected + step_size * np.sign(_input_gradient_direction(params, expected, y))
+    expected = np.clip(np.clip(expected, x0 - epsilon, x0 + epsilon), 0, 1)
+  np.testing.assert_allclose(x_adv, expected, atol=1e-6)
+  assert np.abs(np.asarray(x_adv) - x0).max() == pytest.approx(epsilon, abs=1e-6)
+
+
 def test_pgd_on_binary_linear_model_converges_to_the_fgsm_corner_of_the_ball():
   # Two classes: grad_x = (p1 - y1)(w1 - w0), whose sign is constant on the ball, so
   # PGD from any start ends at x + eps * sign(...), clipped.

@@ -284,6 +284,16 @@ def test_mixup_per_batch_lambda_is_shared_and_follows_beta_alpha_alpha():
   assert abs(lam[:, 0].var() - 1 / (4 * (2 * alpha + 1))) < 0.01
 
 
+def test_mixup_per_example_lambdas_follow_beta_alpha_alpha_independently():
+  # Beta(0.1, 0.1): mean 1/2, variance 1 / (4 (2 alpha + 1)) = 0.208; examples uncorrelated.
+  alpha = 0.1
+  lam = _sample_masks(lambda key: mixing.mixup(
+      key, jnp.zeros((2, 1, 1, 1)), alpha=alpha, per_example=True)[2])
+  assert abs(lam.mean() - 0.5) < 0.03
+  np.testing.assert_allclose(lam.var(axis=0), 1 / (4 * (2 * alpha + 1)), atol=0.015)
+  assert abs(np.corrcoef(lam[:, 0], lam[:, 1])[0, 1]) < 0.1
+
+
 @pytest.mark.parametrize("call, field", [
     (lambda: mixing.unimatch_cutmix_box(jax.random.key(0), size=8, p=1.5), "p=1.5"),
     (lambda: mixing.unimatch_cutmix_box(jax.random.key(0), size=8,
