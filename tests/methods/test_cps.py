@@ -137,6 +137,41 @@ def test_step_is_the_same_with_the_members_vmapped_or_looped(setup):
                          state.params["classifier"]["kernel"])
 
 
+def test_cutmix_step_cross_supervises_with_the_other_nets_mixed_labels_numpy(setup):
+  # Each net's CE on the mixed images against the other net's argmax of the box-mixed
+  # predictions of the two un-mixed batches, over the mixed images' valid pixels.
+  model, state, images, partner_images, _ = setup
+  rng = np.random.default_rng(2)
+  valid_u = np.ones(images.shape[:3], bool)
+  valid_u[0, :, -3:] = False
+  batch = {"image": images, "label": jnp.asarray(rng.integers(0, NUM_CLASSES, images.shape[:3])),
+           "image_u": partner_images, "valid_u": jnp.asarray(valid_u),
+           "image_u2": images[::-1], "valid_u2": jnp.ones(images.shape[:3], bool)}
+  config = config_lib.base_config("cps")
+  key = jax.random.key(4)
+  _, metrics = jax.jit(cps.make_train_step(model, optax.sgd(0.1), config))(
+      tiny_data.copy_state(state), batch, key)
+
+  masks = np.asarray(cps.box_masks(jax.random.split(key, 4)[0], BATCH, (SIZE, SIZE),
+                                   settings=config.cps))
+  assert 0 < masks.mean() < 1
+  mixed_images = np.where(masks[..., None], batch["image_u2"], batch["image_u"])
+  mixed_valid = np.where(masks, batch["valid_u2"], valid_u)
+  log_softmax = lambda z: z - np.log(np.exp(z).sum(-1, keepdims=True))
+  total = 0.0
+  for net in range(2):
+    other = 1 - net
+    mixed_logits = np.where(masks[..., None],
+                            _single_logits(model, state, other, batch["image_u2"]),
+                            _single_logits(model, state, other, batch["image_u"]))
+    labels = mixed_logits.argmax(-1)
+    log_probs = log_softmax(np.asarray(
+        _single_logits(model, state, net, jnp.asarray(mixed_images)), np.float64))
+    ce = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    total += ce[mixed_valid].mean()
+  np.testing.assert_allclose(metrics["loss_cps"], total, rtol=1e-5)
+
+
 def test_cps_without_cutmix_cross_supervises_labeled_and_unlabeled_images(setup):
   model, state, images, unlabeled, _ = setup
   labels = jnp.asarray(np.random.default_rng(2).integers(0, NUM_CLASSES, images.shape[:3]))
