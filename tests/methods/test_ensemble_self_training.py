@@ -14,7 +14,7 @@ import pytest
 
 from jaxsemiseg import config as config_lib
 from jaxsemiseg import models, uncertainty
-from jaxsemiseg.methods import cotraining
+from jaxsemiseg.methods import cotraining, self_training
 from jaxsemiseg.methods import ensemble_self_training as ensemble
 
 NUM_CLASSES = 3
@@ -111,6 +111,35 @@ def test_prediction_is_the_mean_of_the_members_probabilities():
   members = [jax.nn.softmax(model.apply({"params": _member(state.params, k)}, batch["image"],
                                         train=False)["logits"]) for k in range(NUM_MEMBERS)]
   np.testing.assert_allclose(probs, np.mean(members, axis=0), rtol=1e-5, atol=1e-7)
+
+
+def test_unlabeled_loss_is_numpy_ce_on_the_mean_predictions_confident_argmax():
+  # No CutMix: member k's strong colour view of image_u against the argmax of the members'
+  # mean probability where its max is >= 0.4, divided by all valid pixels; loss_u is the
+  # mean over members.
+  config = _config(cutmix_p=0.0)
+  model, tx, batch = _model(), optax.sgd(0.1), _batch()
+  state = ensemble.init_state(jax.random.key(0), model, tx, batch, config)
+  rng = jax.random.key(2)
+  _, metrics = jax.jit(ensemble.make_train_step(model, tx, config))(state, batch, rng)
+
+  def probs(params, images):
+    return np.asarray(jax.nn.softmax(model.apply({"params": params}, images,
+                                                  train=False)["logits"]), np.float64)
+
+  members = [_member(state.params, k) for k in range(NUM_MEMBERS)]
+  mean = np.mean([probs(params, batch["image_u"]) for params in members], axis=0)
+  labels, kept = mean.argmax(-1), (mean.max(-1) >= 0.4) & np.asarray(batch["valid_u"], bool)
+  assert 0 < kept.sum() < np.asarray(batch["valid_u"]).sum()
+  losses_u = []
+  for k, key in enumerate(jax.random.split(rng, NUM_MEMBERS)):
+    strong, _ = self_training.strong_cutmix_views(
+        jax.random.split(key, 3)[0], batch["image_u"], batch["image_u2"], num_views=1,
+        cutmix_p=0.0)
+    log_probs = np.log(probs(members[k], strong[0]))
+    ce = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    losses_u.append(ce[kept].sum() / np.asarray(batch["valid_u"]).sum())
+  np.testing.assert_allclose(metrics["loss_u"], np.mean(losses_u), rtol=1e-5)
 
 
 @pytest.mark.parametrize("member_map", ["vmap", "loop"])
