@@ -7,9 +7,11 @@ self-training methods in ``test_self_training.py``.
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxsemiseg import config as config_lib
@@ -37,6 +39,61 @@ def test_channel_dropout_rate_is_the_drop_probability_per_example_and_channel():
   assert abs((dropped == 0).mean() - 0.25) < 0.03
   # Each example draws its own channels.
   assert len({tuple(row) for row in (dropped[:, 0, 0] == 0)}) > 32
+
+
+class _TinyBatchNormSegmenter(nn.Module):
+  """Conv-BN-ReLU, UniMatch's perturbation site, Conv-BN-ReLU, classifier: a model whose
+  decoder BatchNorm sees the perturbed rows, as DeepLabV3+'s does."""
+
+  @nn.compact
+  def __call__(self, images, *, train, mc_dropout=False, decoder_input_perturbation=None):
+    del mc_dropout
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
+    x = nn.relu(norm()(nn.Conv(4, (3, 3))(images)))
+    if decoder_input_perturbation is not None:
+      x = decoder_input_perturbation(self.make_rng("perturbation"), x)
+    x = nn.relu(norm()(nn.Conv(4, (3, 3))(x)))
+    return {"logits": nn.Conv(3, (1, 1))(x), "features": x}
+
+
+def test_feature_perturbation_loss_with_batch_norm_equals_numpy():
+  # With BatchNorm every row is perturbed (its statistics see them all, as UniMatch's);
+  # L_fp is the CE of the unlabeled rows' perturbed predictions against the clean weak
+  # predictions' argmax where their max is >= tau, divided by all valid pixels.
+  config = config_lib.base_config("unimatch")
+  config.unimatch.update(dict(cutmix_p=0.0, threshold=0.4))
+  model, tx = _TinyBatchNormSegmenter(), optax.sgd(0.1)
+  rng = np.random.default_rng(0)
+  valid = np.ones((2, 8, 8), bool)
+  valid[0, :, -2:] = False
+  batch = {"image": jnp.asarray(rng.uniform(size=(2, 8, 8, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 3, (2, 8, 8)), jnp.int32),
+           "image_u": jnp.asarray(rng.uniform(size=(2, 8, 8, 3)), jnp.float32),
+           "valid_u": jnp.asarray(valid),
+           "image_u2": jnp.asarray(rng.uniform(size=(2, 8, 8, 3)), jnp.float32),
+           "valid_u2": jnp.ones((2, 8, 8), bool)}
+  state = unimatch.init_state(jax.random.key(0), model, tx, batch, config)
+  assert state.batch_stats
+  key = jax.random.key(6)
+  _, metrics = jax.jit(unimatch.make_train_step(model, tx, config))(state, batch, key)
+
+  _, weak_key, perturbation_key, _ = jax.random.split(key, 4)
+  outputs, _ = model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      jnp.concatenate([batch["image"], batch["image_u"]]), train=True,
+      rngs={"dropout": weak_key, "perturbation": perturbation_key},
+      decoder_input_perturbation=functools.partial(unimatch.clean_and_dropped, rate=0.5),
+      mutable=["batch_stats"])
+  log_probs = np.asarray(jax.nn.log_softmax(outputs["logits"]), np.float64)
+  assert log_probs.shape[0] == 8  # 4 clean rows, then all 4 rows perturbed.
+  weak = np.exp(log_probs[2:4])
+  labels, counted = weak.argmax(-1), (weak.max(-1) >= 0.4) & valid
+  assert 0 < counted.sum() < valid.sum()
+  ce = -np.take_along_axis(log_probs[6:8], labels[..., None], -1)[..., 0]
+  np.testing.assert_allclose(metrics["loss_fp"], ce[counted].sum() / valid.sum(), rtol=1e-5)
+  labeled_ce = -np.take_along_axis(log_probs[:2], np.asarray(batch["label"])[..., None],
+                                   -1)[..., 0]
+  np.testing.assert_allclose(metrics["loss_x"], labeled_ce.mean(), rtol=1e-5)
 
 
 def test_perturbed_forward_decodes_clean_and_perturbed_copies():
