@@ -350,6 +350,29 @@ def _check_bins(bins: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.nda
   return count, accuracy_sum, confidence_sum
 
 
+def reliability_curve(bins: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The numbers a reliability diagram draws, from (summed) ECE bins.
+
+  Args:
+    bins: ``metrics.expected_calibration_error(probs, labels)`` summed over the
+      validation set (``{"count", "accuracy_sum", "confidence_sum"}``, ``[num_bins]``).
+
+  Returns:
+    ``{"accuracy", "confidence", "fraction"}``, float64 ``[num_bins]``: each bin's mean
+    accuracy and mean confidence (0 for an empty bin) and its share of the pixels.
+
+  Raises:
+    ValueError: if ``bins`` is malformed or counts no pixel.
+  """
+  count, accuracy_sum, confidence_sum = _check_bins(bins)
+  filled = count > 0
+  return {
+      "accuracy": np.divide(accuracy_sum, count, out=np.zeros_like(count), where=filled),
+      "confidence": np.divide(confidence_sum, count, out=np.zeros_like(count), where=filled),
+      "fraction": count / count.sum(),
+  }
+
+
 def reliability_diagram(bins: Mapping[str, Any], path: str, *,
                         title: str = "Reliability diagram") -> None:
   """Writes a reliability diagram PNG from (summed) ECE bins.
@@ -370,12 +393,11 @@ def reliability_diagram(bins: Mapping[str, Any], path: str, *,
   # Imported here: matplotlib takes ~0.7 s to import, and train steps import this module.
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-  count, accuracy_sum, confidence_sum = _check_bins(bins)
-  num_bins = count.size
-  filled = count > 0
-  accuracy = np.divide(accuracy_sum, count, out=np.zeros_like(count), where=filled)
-  confidence = np.divide(confidence_sum, count, out=np.zeros_like(count), where=filled)
-  ece = np.abs(accuracy_sum - confidence_sum).sum() / count.sum()
+  curve = reliability_curve(bins)
+  accuracy, confidence, fraction = curve["accuracy"], curve["confidence"], curve["fraction"]
+  num_bins = accuracy.size
+  filled = fraction > 0
+  ece = float(np.sum(fraction * np.abs(accuracy - confidence)))
   left_edges = np.arange(num_bins) / num_bins
   width = 1.0 / num_bins
 
@@ -392,7 +414,7 @@ def reliability_diagram(bins: Mapping[str, Any], path: str, *,
   top.set_ylabel("accuracy")
   top.set_title(f"{title} (ECE {100 * ece:.2f}%)")
   top.legend(loc="upper left", fontsize="small")
-  bottom.bar(left_edges, count / count.sum(), width=width, align="edge", color="gray",
+  bottom.bar(left_edges, fraction, width=width, align="edge", color="gray",
              edgecolor="black")
   bottom.set_xlabel("confidence")
   bottom.set_ylabel("pixel fraction")

@@ -312,6 +312,24 @@ def test_reliability_diagram_writes_a_png(tmp_path):
     assert image.size == (450, 550)
 
 
+def test_reliability_curve_is_each_bins_mean_accuracy_confidence_and_share():
+  probs, labels = _random_calibration_batch(1)
+  curve = uncertainty.reliability_curve(metrics.expected_calibration_error(probs, labels))
+  probs, labels = np.asarray(probs).reshape(-1, probs.shape[-1]), np.asarray(labels).ravel()
+  keep = labels != 255
+  confidence, correct = probs[keep].max(-1), probs[keep].argmax(-1) == labels[keep]
+  # (l, u] bins of width 1/15.
+  index = np.ceil(confidence * 15).astype(int) - 1
+  for b in range(15):
+    members = index == b
+    assert curve["fraction"][b] == pytest.approx(members.mean())
+    if members.any():
+      assert curve["accuracy"][b] == pytest.approx(correct[members].mean(), rel=1e-5)
+      assert curve["confidence"][b] == pytest.approx(confidence[members].mean(), rel=1e-5)
+    else:
+      assert curve["accuracy"][b] == curve["confidence"][b] == 0
+
+
 def test_reliability_diagram_rejects_bad_bins(tmp_path):
   with pytest.raises(ValueError, match="count"):
     uncertainty.reliability_diagram({"accuracy_sum": np.zeros(15)}, str(tmp_path / "x.png"))
